@@ -1,0 +1,1 @@
+"""Experiment configs: ``python -m experiments.train --config=configs/NAME.py[:ARG]``."""

@@ -1,0 +1,59 @@
+"""Model registry: ``config.model.name`` -> a flax.linen Module class.
+
+Every model is a dataclass whose fields are its config keys (``config.model.<field>``) plus
+``num_classes`` (taken from the dataset), and is applied as ``model.apply(variables, x, train=...)``.
+Adding a model is one new file plus one line in ``MODELS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+
+from experiments.errors import ConfigError
+from experiments.models import lenet, mlp, resnet, vit
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": mlp.MLP,
+    "lenet": lenet.LeNet,
+    "resnet20": resnet.ResNet20,
+    "resnet18": resnet.ResNet18,
+    "wrn22_2": resnet.WRN22_2,
+    "resnet50": resnet.ResNet50,
+    "vit_tiny": vit.ViTTiny,
+}
+
+# Flax's own dataclass fields, never config keys (`name` is the registry key in the config).
+_FLAX_FIELDS = {"parent", "name", "num_classes"}
+
+
+def fields_of(model_name: str) -> set[str]:
+    """The config keys model ``model_name`` accepts."""
+    return {f.name for f in dataclasses.fields(MODELS[model_name]) if f.name not in _FLAX_FIELDS}
+
+
+def check(model_config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError for an unknown model or a key that no registered model has (a typo).
+
+    Keys of *other* models are tolerated so ``--config.model.name=mlp`` works on a ResNet config.
+    """
+    name = model_config.get("name")
+    if name not in MODELS:
+        raise ConfigError(f"config.model.name: unknown model {name!r}; allowed: {', '.join(MODELS)}")
+    known = set().union(*(fields_of(n) for n in MODELS))
+    for key in model_config:
+        if key != "name" and key not in known:
+            raise ConfigError(
+                f"config.model.{key}: unknown model key; keys of {name}: {', '.join(sorted(fields_of(name)))}"
+            )
+
+
+def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """Instantiate ``config.model`` for a dataset with ``num_classes`` classes."""
+    check(model_config)
+    accepted = fields_of(model_config.name)
+    kwargs: dict[str, Any] = {k: v for k, v in model_config.items() if k in accepted}
+    return MODELS[model_config.name](num_classes=num_classes, **kwargs)

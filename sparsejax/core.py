@@ -1,0 +1,261 @@
+"""The one wrapping mechanism every algorithm is built on: ``sparsify(inner_optimizer, algo)``.
+
+An algorithm is a :class:`SparseAlgorithm`: a few pure hooks saying how masks start, on which steps they
+change and how. ``sparsify`` turns it plus any optax optimizer into one ``GradientTransformationExtraArgs``
+whose state carries the masks; the whole step stays jittable, mask updates run under ``lax.cond`` (no
+recompilation, no host round trip), and the optimizer state of regrown weights is reset for *any* optax
+state by matching params-shaped subtrees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparsejax import masks as mk
+from sparsejax.schedules import never
+
+PyTree = Any
+Array = jax.Array
+
+
+class MaskUpdate(NamedTuple):
+    """What an algorithm's mask update returns: the new masks and the positions grown in this update
+    (just-dropped weights that are regrown included), whose values and optimizer state are zeroed."""
+
+    masks: PyTree
+    grown: PyTree
+
+
+class SparseState(NamedTuple):
+    """State of a sparsified optimizer."""
+
+    inner: optax.OptState  # the wrapped optimizer's state
+    masks: PyTree  # bool per sparsified leaf, DENSE marker elsewhere
+    step: Array  # int32, number of updates done
+    key: Array  # PRNG key; folded with the step, never split in place
+    decay: Array  # f32, forward contribution of pruned weights (PGF MDGF), 0 otherwise
+    ever_active: PyTree  # union of all masks so far (ITOP rate)
+    stats: dict[str, Array]  # int32 counts from the latest mask update: dropped, grown, sad
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseAlgorithm:
+    """A sparse-training algorithm as pure hooks. See docs/design.md.
+
+    Attributes:
+      name: registry name.
+      init_masks: ``(params, key) -> masks``.
+      update_masks: ``(masks, params, grads, step, key) -> MaskUpdate``, run on update steps only.
+      is_update_step: ``step -> bool``; works on Python ints and traced scalars.
+      refresh_masks: ``(new_params, masks, step) -> masks`` for STE-like methods: the mask the next
+        forward uses, recomputed from the updated dense weights every step.
+      hard: masked-dense training (weights outside the mask are exactly 0). False for STE-like methods,
+        whose dense weights keep learning.
+      decay: ``step -> f32`` forward weight of pruned positions (PGF); None means 0.
+      grad_transform: ``(grads, params, masks) -> grads`` applied before the optimizer (SR-STE).
+      seed: default PRNG seed for mask initialisation.
+    """
+
+    name: str
+    init_masks: Callable[[PyTree, Array], PyTree]
+    update_masks: Callable[..., MaskUpdate] | None = None
+    is_update_step: Callable[[Any], Any] = never
+    refresh_masks: Callable[[PyTree, PyTree, Array], PyTree] | None = None
+    hard: bool = True
+    decay: Callable[[Array], Array] | None = None
+    grad_transform: Callable[[PyTree, PyTree, PyTree], PyTree] | None = None
+    seed: int = 0
+
+    # The algorithm alone, as an optax transform (identity inner optimizer) plus its forward hook.
+    def init(self, params: PyTree) -> SparseState:
+        """``sparsify(optax.identity(), self).init``."""
+        return sparsify(optax.identity(), self).init(params)
+
+    def update(self, updates: PyTree, state: SparseState, params: PyTree, **extra):
+        """``sparsify(optax.identity(), self).update``."""
+        return sparsify(optax.identity(), self).update(updates, state, params, **extra)
+
+    def forward(self, params: PyTree, state: Any) -> PyTree:
+        """Forward-pass weights (same as :func:`forward_params`)."""
+        return forward_params(params, state)
+
+
+def _with_param_sharding(mask: Array, param: Any) -> Array:
+    sharding = getattr(param, "sharding", None)
+    if isinstance(mask, jax.core.Tracer) or sharding is None or isinstance(param, jax.core.Tracer):
+        return mask
+    return jax.device_put(mask, sharding)
+
+
+def reset_where(opt_state: PyTree, where: PyTree, params: PyTree) -> PyTree:
+    """Zeroes every params-shaped subtree of ``opt_state`` at the positions ``where`` marks.
+
+    Momentum, Adam moments, Lion's trace, any per-parameter accumulator of any optax optimizer (chains
+    included) is a subtree with the params' structure and shapes; we find those instead of special-casing
+    a list of optimizer states.
+    """
+    treedef = jax.tree.structure(params)
+    shapes = [jnp.shape(p) for p in jax.tree.leaves(params)]
+    # The mask-shaped ``where`` flattens (markers as leaves) to one entry per params leaf, in order.
+    flags = [None if mk.is_dense(f) else f for f in jax.tree.leaves(where, is_leaf=mk.is_dense)]
+
+    def params_like(node: Any) -> bool:
+        if jax.tree.structure(node) != treedef:
+            return False
+        return [jnp.shape(x) for x in jax.tree.leaves(node)] == shapes
+
+    def reset(node: Any) -> Any:
+        if not params_like(node):
+            return node
+        leaves = jax.tree.leaves(node)
+        new = [
+            x if f is None else jnp.where(f, jnp.zeros_like(x), x) for x, f in zip(leaves, flags)
+        ]
+        return jax.tree.unflatten(treedef, new)
+
+    return jax.tree.map(reset, opt_state, is_leaf=params_like)
+
+
+def sparsify(
+    inner: optax.GradientTransformation, algo: SparseAlgorithm, key: Array | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """Wraps an optax optimizer so that training follows ``algo``'s masks.
+
+    ``init(params)`` creates the masks; ``update(grads, state, params)`` may update them (under
+    ``lax.cond`` on update steps), resets the optimizer state of regrown weights, and returns updates
+    such that ``optax.apply_updates(params, updates)`` is exactly 0 outside the (new) masks for masked
+    methods. ``grads`` are the dense gradients of the loss through :func:`forward_params`.
+
+    Args:
+      inner: any optax gradient transformation (extra args are forwarded).
+      algo: the sparse-training algorithm.
+      key: PRNG key for mask creation and updates; defaults to ``PRNGKey(algo.seed)``.
+    """
+    inner = optax.with_extra_args_support(inner)
+    base_key = jax.random.PRNGKey(algo.seed) if key is None else key
+
+    def init_fn(params: PyTree) -> SparseState:
+        masks = algo.init_masks(params, jax.random.fold_in(base_key, 0))
+        masks = mk.map_sparse(_with_param_sharding, masks, params)
+        zero = jnp.zeros((), jnp.int32)
+        decay = jnp.float32(0.0) if algo.decay is None else jnp.float32(algo.decay(0))
+        return SparseState(
+            inner=inner.init(params),
+            masks=masks,
+            step=zero,
+            key=base_key,
+            decay=decay,
+            ever_active=masks,
+            stats={"dropped": zero, "grown": zero, "sad": zero},
+        )
+
+    def update_fn(grads: PyTree, state: SparseState, params: PyTree | None = None, **extra):
+        if params is None:
+            raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
+        step, masks = state.step, state.masks
+        no_growth = mk.map_sparse(jnp.zeros_like, masks)
+        stats = state.stats
+        if algo.update_masks is not None:
+            key = jax.random.fold_in(state.key, step + 1)
+            do_update = jnp.asarray(algo.is_update_step(step))
+            new = jax.lax.cond(
+                do_update,
+                lambda: MaskUpdate(*algo.update_masks(masks, params, grads, step, key)),
+                lambda: MaskUpdate(masks, no_growth),
+            )
+            masks, grown = new.masks, new.grown
+            n_grown = mk.count_active(grown)
+            dropped = mk.count_active(state.masks) - mk.count_active(masks) + n_grown
+            fresh = {"dropped": dropped, "grown": n_grown, "sad": mk.hamming(state.masks, masks)}
+            stats = jax.tree.map(lambda a, b: jnp.where(do_update, a, b), fresh, stats)
+        else:
+            grown = no_growth
+        if algo.grad_transform is not None:
+            grads = algo.grad_transform(grads, params, masks)
+        inner_state = state.inner
+        if algo.hard:
+            # Grown weights get zero gradient this step too, so their reset optimizer state stays zero.
+            live = mk.difference(masks, grown)
+            grads = mk.apply_masks(grads, live)
+            inner_state = reset_where(inner_state, grown, params)
+        updates, inner_state = inner.update(grads, inner_state, params, **extra)
+        new_step = step + 1
+        if algo.hard:
+            updates = mk.map_params(lambda m, u, p: jnp.where(m, u, -p), live, updates, params)
+        if algo.refresh_masks is not None:
+            before = masks
+            masks = algo.refresh_masks(optax.apply_updates(params, updates), masks, new_step)
+            stats = {
+                "dropped": mk.count_active(mk.difference(before, masks)),
+                "grown": mk.count_active(mk.difference(masks, before)),
+                "sad": mk.hamming(before, masks),
+            }
+        decay = state.decay if algo.decay is None else jnp.float32(algo.decay(new_step))
+        new_state = SparseState(
+            inner=inner_state,
+            masks=masks,
+            step=new_step,
+            key=state.key,
+            decay=decay,
+            ever_active=mk.union(state.ever_active, masks),
+            stats=stats,
+        )
+        return updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def sparse_state(state: Any) -> SparseState:
+    """The :class:`SparseState` inside an optimizer state (also when chained or nested)."""
+    found = [
+        s
+        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, SparseState))
+        if isinstance(s, SparseState)
+    ]
+    if not found:
+        raise ValueError(
+            "no sparsejax SparseState in this optimizer state; was it built by sparsify?"
+        )
+    return found[0]
+
+
+def masks_of(state: Any) -> PyTree:
+    """The mask pytree (same key paths as params) of an optimizer state built by :func:`sparsify`."""
+    return sparse_state(state).masks
+
+
+@jax.custom_vjp
+def _straight_through(w: Array, scale: Array) -> Array:
+    return w * scale.astype(w.dtype)
+
+
+def _st_fwd(w, scale):
+    return _straight_through(w, scale), scale
+
+
+def _st_bwd(scale, g):
+    return g, jnp.zeros_like(scale)
+
+
+_straight_through.defvjp(_st_fwd, _st_bwd)
+
+
+def forward_params(params: PyTree, state: Any) -> PyTree:
+    """The weights the model uses in its forward pass: ``w * (m + (1 - m) * decay)``.
+
+    Masked-dense methods and STE get ``w * m`` (``decay = 0``), PGF's mask decay gets the decayed weights.
+    The gradient is straight-through: ``jax.grad`` through this gives the dense ``dL/d(w * m)`` at every
+    position, masked ones included (RigL grows by it; ``sparsify`` masks the updates itself).
+    """
+    s = sparse_state(state)
+
+    def scaled(m: Array, w: Array) -> Array:
+        return _straight_through(w, jnp.where(m, 1.0, s.decay).astype(jnp.float32))
+
+    return mk.map_params(scaled, s.masks, params)
