@@ -98,7 +98,8 @@ def random_mask(key: Array, shape: tuple[int, ...], k: int | Array, block: Block
     unit_shape = (
         shape if block is None else (*shape[:-2], shape[-2] // block[0], shape[-1] // block[1])
     )
-    return from_blocks(topk_mask(jax.random.uniform(key, unit_shape), k), block)
+    # All scores tie, so the random tie order of ``topk_mask`` decides: a uniform k-subset.
+    return from_blocks(topk_mask(jnp.zeros(unit_shape), k, key=key), block)
 
 
 def magnitude_mask(
@@ -106,8 +107,7 @@ def magnitude_mask(
 ) -> Array:
     """The ``k`` units of largest magnitude (ties broken randomly if ``key`` is given)."""
     scores = to_blocks(jnp.square(w.astype(jnp.float32)), block)
-    noise = None if key is None else jax.random.uniform(key, scores.shape)
-    return from_blocks(topk_mask(scores, k, tiebreak=noise), block)
+    return from_blocks(topk_mask(scores, k, key=key), block)
 
 
 def nm_mask(w: Array, n: int, m: int, axis: int = 0, name: str = "array") -> Array:

@@ -107,7 +107,7 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("sparsity.update_every=0: allowed values are integers >= 1")
     n, m = cfg["n"], cfg["m"]
     if (n is None) != (m is None) and algo in ("ste", "sr_ste", "pgf"):
-        raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: give both (N:M) or neither")
+        raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed both set (N:M) or neither")
     if n is not None and m is not None:
         if not (isinstance(n, int) and isinstance(m, int)) or n < 1 or m < 1:
             raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed positive integers")
@@ -136,7 +136,9 @@ def from_config(config: Any, num_steps: int | None = None) -> SparseAlgorithm:
     _validate(cfg)
     if cfg["end_step"] is None:
         if num_steps is None:
-            raise ConfigError("sparsity.end_step=None: set it, or pass num_steps to from_config")
+            raise ConfigError(
+                "sparsity.end_step=None: allowed an integer >= 0 (or pass num_steps to from_config)"
+            )
         cfg["end_step"] = max(int(0.75 * num_steps), cfg["start_step"] + 1)
     if cfg["block_size"] is not None:
         cfg["block_size"] = tuple(cfg["block_size"])
@@ -151,5 +153,7 @@ def from_config(config: Any, num_steps: int | None = None) -> SparseAlgorithm:
         elif takes_layout and key in LAYOUT_KEYS and key != "sparsity":
             kwargs[key] = value
     if cfg["algorithm"] == "pgf" and cfg["n"] is None:
-        raise ConfigError("sparsity.n / sparsity.m: pgf needs both (e.g. n=1, m=8)")
+        raise ConfigError(
+            "sparsity.n / sparsity.m: pgf needs both; allowed 0 < n < m, e.g. n=1, m=8"
+        )
     return ctor(**{k: v for k, v in kwargs.items() if v is not None})

@@ -67,7 +67,9 @@ def sparsifiable(
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ConfigError(f"sparsity.overrides: invalid regex {pattern!r} ({e})") from None
+            raise ConfigError(
+                f"sparsity.overrides: invalid regex {pattern!r} ({e}); allowed: Python regular expressions"
+            ) from None
         if not 0.0 <= float(value) < 1.0:
             raise ConfigError(
                 f"sparsity.overrides[{pattern!r}]={value}: allowed values are in [0, 1)"

@@ -1,9 +1,9 @@
 """The two moves every mask-updating algorithm is made of: prune by magnitude, and drop-then-grow.
 
-Algorithms differ only in their scores (``|w|`` to drop; ``|g|`` or uniform noise to grow) and in how many
-units move; these functions do the rest, per leaf, at element or block granularity, with exact counts
-(see ``topk``). Scores are squared magnitudes (the same order as ``|x|``, and the squared L2 norm of a
-tile for block masks).
+Algorithms differ only in their scores (``|w|`` to drop; ``|g|`` or nothing (random) to grow) and in how
+many units move; these functions do the rest, at element or block granularity, with exact counts (see
+``topk``). All leaves are searched in one bisection loop (one group per leaf). Scores are squared
+magnitudes: the same order as ``|x|``, and the squared L2 norm of a tile for block masks.
 """
 
 from __future__ import annotations
@@ -16,18 +16,29 @@ import jax.numpy as jnp
 from sparsejax import masks as mk
 from sparsejax.core import MaskUpdate
 from sparsejax.masks import Block
-from sparsejax.topk import topk_mask, topk_masks
+from sparsejax.topk import topk_masks
 
 PyTree = Any
 Array = jax.Array
 
 
-def _units(mask: Array, w: Array, block: Block) -> tuple[Array, Array]:
-    return mk.to_blocks(mask, block, "any"), mk.to_blocks(jnp.square(w.astype(jnp.float32)), block)
+def _sparse(masks: PyTree, *trees: PyTree) -> tuple[list[int], list, Any, list[list[Array]]]:
+    """Flat indices of sparsified leaves, flat masks, the treedef, and the matching leaves of ``trees``."""
+    flat_m, treedef = jax.tree.flatten(masks, is_leaf=mk.is_dense)
+    idx = [i for i, m in enumerate(flat_m) if not mk.is_dense(m)]
+    leaves = [jax.tree.leaves(t) for t in trees]
+    return idx, flat_m, treedef, [[lv[i] for i in idx] for lv in leaves]
 
 
-def _noise(key: Array, i: int, shape: tuple[int, ...]) -> Array:
-    return jax.random.uniform(jax.random.fold_in(key, i), shape)
+def _square(x: Array, block: Block) -> Array:
+    return mk.to_blocks(jnp.square(x.astype(jnp.float32)), block)
+
+
+def _rebuild(flat_m: list, treedef: Any, idx: list[int], new: list[Array], block: Block) -> PyTree:
+    out = list(flat_m)
+    for i, n in zip(idx, new):
+        out[i] = mk.from_blocks(n, block)
+    return treedef.unflatten(out)
 
 
 def drop_and_grow(
@@ -42,71 +53,56 @@ def drop_and_grow(
     """In each leaf drop ``floor(fraction * active)`` smallest-``|w|`` actives and grow as many.
 
     Growth picks, among units inactive after the drop (so a just-dropped unit may return), the largest
-    ``|g|`` (``grow="gradient"``, RigL) or uniformly at random (``grow="random"``, SET). Ties are broken by
-    random noise. Each leaf keeps exactly its number of actives.
+    ``|g|`` (``grow="gradient"``, RigL) or uniformly at random (``grow="random"``, SET). Ties are broken
+    randomly. Each leaf keeps exactly its number of actives.
     """
-    flat_m, treedef = jax.tree.flatten(masks, is_leaf=mk.is_dense)
-    flat_w, flat_g = jax.tree.leaves(params), jax.tree.leaves(grads)
-    new_masks, grown = [], []
-    for i, (m, w, g) in enumerate(zip(flat_m, flat_w, flat_g)):
-        if mk.is_dense(m):
-            new_masks.append(m)
-            grown.append(m)
-            continue
-        m_u, w_u = _units(m, w, block)
-        active = jnp.sum(m_u, dtype=jnp.int32)
-        k = jnp.floor(fraction * active).astype(jnp.int32)
-        keep = topk_mask(w_u, active - k, eligible=m_u, tiebreak=_noise(key, 2 * i, m_u.shape))
-        if grow == "gradient":
-            grow_scores = mk.to_blocks(jnp.square(g.astype(jnp.float32)), block)
-            tiebreak = _noise(key, 2 * i + 1, m_u.shape)
-        else:
-            grow_scores, tiebreak = _noise(key, 2 * i + 1, m_u.shape), None
-        new_u = topk_mask(grow_scores, k, eligible=~keep, tiebreak=tiebreak)
-        new_masks.append(mk.from_blocks(keep | new_u, block))
-        grown.append(mk.from_blocks(new_u, block))
-    return MaskUpdate(treedef.unflatten(new_masks), treedef.unflatten(grown))
+    idx, flat_m, treedef, (ws, gs) = _sparse(masks, params, grads)
+    if not idx:
+        return MaskUpdate(masks, masks)
+    m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
+    active = jnp.stack([jnp.sum(m, dtype=jnp.int32) for m in m_u])
+    k = jnp.floor(fraction * active).astype(jnp.int32)
+    groups = list(range(len(idx)))
+    drop_key, grow_key = jax.random.split(key)
+    keep = topk_masks([_square(w, block) for w in ws], active - k, m_u, drop_key, groups)
+    if grow == "gradient":
+        grow_scores = [_square(g, block) for g in gs]
+    else:
+        grow_scores = [jnp.zeros(m.shape) for m in m_u]  # all tie: the random tie order decides
+    new = topk_masks(grow_scores, k, [~kp for kp in keep], grow_key, groups)
+    return MaskUpdate(
+        _rebuild(flat_m, treedef, idx, [kp | n for kp, n in zip(keep, new)], block),
+        _rebuild(flat_m, treedef, idx, new, block),
+    )
 
 
 def prune_to(
-    masks: PyTree,
-    params: PyTree,
-    keep_counts: dict[int, Array],
-    key: Array,
-    block: Block = None,
+    masks: PyTree, params: PyTree, keep_counts: dict[int, Array], key: Array, block: Block = None
 ) -> PyTree:
     """Per leaf, keep the ``keep_counts[i]`` largest-``|w|`` units among the current actives.
 
     ``keep_counts`` maps a leaf's flat index to a (possibly traced) count; pruned units never return.
     """
-    flat_m, treedef = jax.tree.flatten(masks, is_leaf=mk.is_dense)
-    out = []
-    for i, (m, w) in enumerate(zip(flat_m, jax.tree.leaves(params))):
-        if mk.is_dense(m):
-            out.append(m)
-            continue
-        m_u, w_u = _units(m, w, block)
-        keep = topk_mask(w_u, keep_counts[i], eligible=m_u, tiebreak=_noise(key, i, m_u.shape))
-        out.append(mk.from_blocks(keep, block))
-    return treedef.unflatten(out)
+    idx, flat_m, treedef, (ws,) = _sparse(masks, params)
+    if not idx:
+        return masks
+    m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
+    counts = jnp.stack([jnp.asarray(keep_counts[i], jnp.int32) for i in idx])
+    keep = topk_masks([_square(w, block) for w in ws], counts, m_u, key, list(range(len(idx))))
+    return _rebuild(flat_m, treedef, idx, keep, block)
 
 
 def prune_global(masks: PyTree, params: PyTree, keep: Array, key: Array) -> PyTree:
     """Keep the ``keep`` largest ``|w|`` among the actives of all sparsified leaves jointly.
 
     One threshold across leaves, found by bisection over per-leaf counts: no concatenation of all
-    weights, no global sort, at most one score buffer per leaf alive at a time.
+    weights and no global sort.
     """
-    flat_m, treedef = jax.tree.flatten(masks, is_leaf=mk.is_dense)
-    flat_w = jax.tree.leaves(params)
-    idx = [i for i, m in enumerate(flat_m) if not mk.is_dense(m)]
-    scores = [jnp.square(flat_w[i].astype(jnp.float32)) for i in idx]
-    noise = [_noise(key, i, flat_w[i].shape) for i in idx]
-    chosen = topk_masks(scores, keep, eligible=[flat_m[i] for i in idx], tiebreak=noise)
-    out = list(flat_m)
-    for i, c in zip(idx, chosen):
-        out[i] = c
-    return treedef.unflatten(out)
+    idx, flat_m, treedef, (ws,) = _sparse(masks, params)
+    if not idx:
+        return masks
+    chosen = topk_masks([_square(w, None) for w in ws], keep, [flat_m[i] for i in idx], key)
+    return _rebuild(flat_m, treedef, idx, chosen, None)
 
 
 def no_growth(masks: PyTree) -> PyTree:

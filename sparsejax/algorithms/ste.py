@@ -49,14 +49,16 @@ def mask_fn(
 ) -> Callable[[PyTree], PyTree]:
     """``params -> masks`` recomputed from magnitudes: N:M when ``n, m`` are given, else per-leaf top-k."""
     if (n is None) != (m is None):
-        raise ConfigError("sparsity.n / sparsity.m: give both (N:M) or neither (unstructured)")
+        raise ConfigError(
+            "sparsity.n / sparsity.m: allowed both set (N:M) or neither (unstructured)"
+        )
     if n is not None:
         if not 0 < n < m:
             raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed 0 < n < m")
         layout = {**layout, "distribution": "uniform"}
         lay = Layout(sparsity=1.0 - n / m, **layout)
         return lambda params: nm_masks(params, set(lay.per_leaf(params)), n, m, axis, skip)
-    lay = Layout(sparsity=0.9 if sparsity is None else sparsity, init="magnitude", **layout)
+    lay = Layout(**{**layout, "init": "magnitude"}, sparsity=0.9 if sparsity is None else sparsity)
     return lambda params: lay.init_masks(params, jax.random.PRNGKey(0))
 
 

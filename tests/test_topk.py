@@ -1,0 +1,78 @@
+"""Exact top-k by bisection: counts, order, eligibility, ties, traced k, several arrays jointly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsejax.topk import ordered_key, topk_mask, topk_masks
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=60),
+    st.integers(0, 70),
+    st.integers(0, 2**31 - 1),
+)
+def test_topk_exact_count_and_order(values, k, seed):
+    scores = jnp.asarray(values, jnp.float32)
+    eligible = jnp.asarray(np.random.default_rng(seed).random(len(values)) < 0.7)
+    mask = np.asarray(topk_mask(scores, k, eligible=eligible))
+    n_eligible = int(eligible.sum())
+    assert mask.sum() == min(k, n_eligible)
+    assert not (mask & ~np.asarray(eligible)).any()
+    s = np.asarray(scores)
+    losers = np.asarray(eligible) & ~mask
+    if mask.any() and losers.any():
+        assert s[mask].min() >= s[losers].max()
+
+
+def test_ordered_key_is_monotone():
+    x = jnp.asarray([-jnp.inf, -3.0, -1e-30, -0.0, 0.0, 1e-30, 2.0, jnp.inf])
+    keys = np.asarray(ordered_key(x)).astype(np.int64)
+    assert (np.diff(keys) >= 0).all()
+
+
+def test_ties_resolved_to_exact_k():
+    scores = jnp.zeros((7, 5))
+    for k in (0, 1, 13, 35):
+        assert int(topk_mask(scores, k).sum()) == k
+    assert int(topk_mask(scores, 9, key=jax.random.PRNGKey(0)).sum()) == 9
+    # Without a key, ties go to the lowest flat indices.
+    np.testing.assert_array_equal(np.asarray(topk_mask(scores, 6)).ravel(), np.arange(35) < 6)
+
+
+def test_traced_k_under_jit_equals_eager():
+    scores = jax.random.normal(jax.random.PRNGKey(1), (33, 17))
+    f = jax.jit(lambda s, k: topk_mask(s, k))
+    for k in (0, 5, 100, 561):
+        np.testing.assert_array_equal(f(scores, k), topk_mask(scores, k))
+    assert f._cache_size() == 1
+
+
+def test_joint_topk_over_arrays_matches_concatenation():
+    a = jax.random.normal(jax.random.PRNGKey(2), (20, 10))
+    b = jax.random.normal(jax.random.PRNGKey(3), (3, 4, 5))
+    ma, mb = topk_masks([a, b], 77)
+    flat = np.concatenate([np.asarray(a).ravel(), np.asarray(b).ravel()])
+    expected = np.zeros(flat.size, bool)
+    expected[np.argsort(-flat)[:77]] = True
+    np.testing.assert_array_equal(
+        np.concatenate([np.asarray(ma).ravel(), np.asarray(mb).ravel()]), expected
+    )
+
+
+def test_grouped_topk_is_per_array():
+    a = jax.random.normal(jax.random.PRNGKey(4), (10, 10))
+    b = jax.random.normal(jax.random.PRNGKey(5), (6, 7))
+    ma, mb = topk_masks([a, b], jnp.asarray([17, 4]), groups=[0, 1])
+    np.testing.assert_array_equal(ma, topk_mask(a, 17))
+    np.testing.assert_array_equal(mb, topk_mask(b, 4))
+
+
+def test_random_ties_are_uniform_subsets():
+    hits = np.zeros(20)
+    for i in range(200):
+        hits += np.asarray(topk_mask(jnp.zeros(20), 5, key=jax.random.PRNGKey(i)))
+    assert hits.min() > 20 and hits.max() < 85  # each position ~50 times
