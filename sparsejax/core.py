@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sparsejax import masks as mk
@@ -122,6 +123,12 @@ def reset_where(opt_state: PyTree, where: PyTree, params: PyTree) -> PyTree:
     return jax.tree.map(reset, opt_state, is_leaf=params_like)
 
 
+def _mask_stats(before: PyTree, after: PyTree, grown: PyTree) -> dict[str, Array]:
+    n_grown = mk.count_active(grown)
+    dropped = mk.count_active(before) - mk.count_active(after) + n_grown
+    return {"dropped": dropped, "grown": n_grown, "sad": mk.hamming(before, after)}
+
+
 def sparsify(
     inner: optax.GradientTransformation, algo: SparseAlgorithm, key: Array | None = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -143,47 +150,54 @@ def sparsify(
     def init_fn(params: PyTree) -> SparseState:
         masks = algo.init_masks(params, jax.random.fold_in(base_key, 0))
         masks = mk.map_sparse(_with_param_sharding, masks, params)
-        zero = jnp.zeros((), jnp.int32)
-        decay = jnp.float32(0.0) if algo.decay is None else jnp.float32(algo.decay(0))
+        # Every field gets its own buffer, so a training step may donate the whole state.
+        zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
+        decay = 0.0 if algo.decay is None else algo.decay(0)
         return SparseState(
             inner=inner.init(params),
             masks=masks,
-            step=zero,
-            key=base_key,
-            decay=decay,
-            ever_active=masks,
-            stats={"dropped": zero, "grown": zero, "sad": zero},
+            step=zero(),
+            key=jnp.array(base_key, copy=True),
+            decay=jnp.asarray(decay, jnp.float32),
+            ever_active=mk.map_sparse(jnp.copy, masks),
+            stats={"dropped": zero(), "grown": zero(), "sad": zero()},
         )
 
     def update_fn(grads: PyTree, state: SparseState, params: PyTree | None = None, **extra):
         if params is None:
             raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
-        step, masks = state.step, state.masks
-        no_growth = mk.map_sparse(jnp.zeros_like, masks)
-        stats = state.stats
+        step, masks, ever, stats, inner_state = (
+            state.step,
+            state.masks,
+            state.ever_active,
+            state.stats,
+            state.inner,
+        )
+        live = masks
         if algo.update_masks is not None:
             key = jax.random.fold_in(state.key, step + 1)
+
+            def changed():
+                new, grown = algo.update_masks(masks, params, grads, step, key)
+                return new, grown, _mask_stats(masks, new, grown)
+
+            def same():
+                return masks, mk.map_sparse(jnp.zeros_like, masks), stats
+
+            # Only masks pass through the cond. The optimizer-state reset below is an elementwise
+            # select that XLA fuses into the optimizer's own update, so non-update steps pay almost
+            # nothing (routing the optimizer state through the cond would copy it every step).
             do_update = jnp.asarray(algo.is_update_step(step))
-            new = jax.lax.cond(
-                do_update,
-                lambda: MaskUpdate(*algo.update_masks(masks, params, grads, step, key)),
-                lambda: MaskUpdate(masks, no_growth),
-            )
-            masks, grown = new.masks, new.grown
-            n_grown = mk.count_active(grown)
-            dropped = mk.count_active(state.masks) - mk.count_active(masks) + n_grown
-            fresh = {"dropped": dropped, "grown": n_grown, "sad": mk.hamming(state.masks, masks)}
-            stats = jax.tree.map(lambda a, b: jnp.where(do_update, a, b), fresh, stats)
-        else:
-            grown = no_growth
+            masks, grown, stats = jax.lax.cond(do_update, changed, same)
+            ever = mk.union(ever, masks)
+            inner_state = reset_where(inner_state, grown, params)
+            # Grown weights also get zero gradient this step, so their reset optimizer state stays
+            # zero and their value is exactly 0 after the update.
+            live = mk.difference(masks, grown)
         if algo.grad_transform is not None:
             grads = algo.grad_transform(grads, params, masks)
-        inner_state = state.inner
         if algo.hard:
-            # Grown weights get zero gradient this step too, so their reset optimizer state stays zero.
-            live = mk.difference(masks, grown)
             grads = mk.apply_masks(grads, live)
-            inner_state = reset_where(inner_state, grown, params)
         updates, inner_state = inner.update(grads, inner_state, params, **extra)
         new_step = step + 1
         if algo.hard:
@@ -191,21 +205,10 @@ def sparsify(
         if algo.refresh_masks is not None:
             before = masks
             masks = algo.refresh_masks(optax.apply_updates(params, updates), masks, new_step)
-            stats = {
-                "dropped": mk.count_active(mk.difference(before, masks)),
-                "grown": mk.count_active(mk.difference(masks, before)),
-                "sad": mk.hamming(before, masks),
-            }
+            stats = _mask_stats(before, masks, mk.difference(masks, before))
+            ever = mk.union(ever, masks)
         decay = state.decay if algo.decay is None else jnp.float32(algo.decay(new_step))
-        new_state = SparseState(
-            inner=inner_state,
-            masks=masks,
-            step=new_step,
-            key=state.key,
-            decay=decay,
-            ever_active=mk.union(state.ever_active, masks),
-            stats=stats,
-        )
+        new_state = SparseState(inner_state, masks, new_step, state.key, decay, ever, stats)
         return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -231,16 +234,18 @@ def masks_of(state: Any) -> PyTree:
 
 
 @jax.custom_vjp
-def _straight_through(w: Array, scale: Array) -> Array:
-    return w * scale.astype(w.dtype)
+def _straight_through(w: Array, m: Array, decay: Array) -> Array:
+    return jnp.where(m, w, w * decay.astype(w.dtype))
 
 
-def _st_fwd(w, scale):
-    return _straight_through(w, scale), scale
+def _st_fwd(w, m, decay):
+    return _straight_through(w, m, decay), (m, decay)
 
 
-def _st_bwd(scale, g):
-    return g, jnp.zeros_like(scale)
+def _st_bwd(res, g):
+    m, decay = res
+    # The mask is bool, so its cotangent is float0: nothing the size of the weights is allocated.
+    return g, np.zeros(m.shape, jax.dtypes.float0), jnp.zeros_like(decay)
 
 
 _straight_through.defvjp(_st_fwd, _st_bwd)
@@ -255,7 +260,4 @@ def forward_params(params: PyTree, state: Any) -> PyTree:
     """
     s = sparse_state(state)
 
-    def scaled(m: Array, w: Array) -> Array:
-        return _straight_through(w, jnp.where(m, 1.0, s.decay).astype(jnp.float32))
-
-    return mk.map_params(scaled, s.masks, params)
+    return mk.map_params(lambda m, w: _straight_through(w, m, s.decay), s.masks, params)

@@ -70,6 +70,8 @@ def leaf_sparsities(
 ) -> dict[str, float]:
     """Per-leaf sparsity for every sparsified leaf, keyed by leaf path; absent leaves stay dense.
 
+    A leaf may get 0.0 (ERK made it dense): it keeps an all-active mask and counts in the totals.
+
     Args:
       params: the params pytree (arrays or ``jax.ShapeDtypeStruct``).
       sparsity: global target ``S`` in ``[0, 1)``.
@@ -99,7 +101,9 @@ def leaf_sparsities(
         raw = {n: _raw_density(shapes[n], distribution) for n in free}
         densities = _solve_scaled(sizes, raw, budget, sparsity)
         out.update({n: 1.0 - d for n, d in densities.items()})
-    return {n: s for n, s in out.items() if s > 0.0}
+    # Leaves ERK made dense stay in the map at 0.0: they are part of the sparsified set (all-active
+    # masks), so totals over masks match the target.
+    return out
 
 
 def active_counts(params: PyTree, sparsities: Mapping[str, float]) -> dict[str, int]:

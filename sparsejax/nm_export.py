@@ -97,11 +97,15 @@ def compress(
     lose weights); groups with fewer actives are padded with explicit zeros.
     """
     axis = axis % w.ndim
+    if not 0 < n < m or w.shape[axis] % m:
+        raise ValueError(
+            f"nm_export: {name} {tuple(w.shape)}: need 0 < n={n} < m={m}, m | axis {axis}"
+        )
     if mask is None:
         mask = mk.nm_mask(w, n, m, axis, name)
     elif not isinstance(mask, jax.core.Tracer):
-        groups = np.moveaxis(np.asarray(mask), axis, -1).reshape(-1, m)
-        if groups.sum(-1).max(initial=0) > n:
+        counts = np.moveaxis(np.asarray(mask), axis, -1).reshape(-1, m).sum(-1)
+        if counts.max(initial=0) > n:
             raise ValueError(
                 f"nm_export: mask of {name} {tuple(w.shape)} is not {n}:{m} on axis {axis}"
             )

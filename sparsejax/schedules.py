@@ -124,6 +124,12 @@ def sdgf_patterns(n: int, m: int, kind: str) -> list[tuple[int, int]]:
     return seq
 
 
+def sdgf_decay_frames(n: int, m: int, kind: str) -> list[tuple[int, int]]:
+    """The patterns SDGF steps through *inside* the decay phase, as in the PGF paper and code: the dense
+    stage is the warm-up and the final ``n:m`` is the fine-tune phase, so both are left out here."""
+    return [p for p in sdgf_patterns(n, m, kind)[:-1] if p[0] != p[1]]
+
+
 def frame_index(step: Step, num_frames: int, warmup_steps: int, end_step: int) -> jnp.ndarray:
     """Which of ``num_frames`` equal frames of ``[warmup, end)`` holds ``step`` (last frame after it)."""
     span = max(end_step - warmup_steps, 1)

@@ -109,8 +109,17 @@ def topk_masks(
     for a, g in zip(above, groups):
         taken[g] = taken[g] + jnp.sum(a, dtype=jnp.int32)
     remaining = k - jnp.stack(taken)
+    tied = [jnp.int32(0)] * num_groups
+    for tie, g in zip(ties, groups):
+        tied[g] = tied[g] + jnp.sum(tie, dtype=jnp.int32)
     unique = _unique_keys([s.shape for s in scores], key)
-    t2 = _bisect(unique, ties, groups, remaining)
+    # Continuous scores rarely tie at the threshold: then every tie is a winner and the second
+    # bisection (t2 = 0 selects all ties) is skipped at run time.
+    t2 = jax.lax.cond(
+        jnp.any(jnp.stack(tied) > remaining),
+        lambda: _bisect(unique, ties, groups, remaining),
+        lambda: jnp.zeros((num_groups,), jnp.uint32),
+    )
     return [
         a | (tie & (u >= t2[g]) & (remaining[g] > 0))
         for a, tie, u, g in zip(above, ties, unique, groups)

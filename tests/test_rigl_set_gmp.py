@@ -98,7 +98,7 @@ def test_grown_weights_zero_and_optimizer_state_reset(opt):
     step = jax.jit(tx.update)
     for t in range(3):
         grads = jax.tree.map(
-            lambda p: jax.random.normal(jax.random.fold_in(key, t), p.shape), params
+            lambda p, t=t: jax.random.normal(jax.random.fold_in(key, t), p.shape), params
         )
         prev_masks = sj.masks_of(state)
         updates, state = step(grads, state, params)

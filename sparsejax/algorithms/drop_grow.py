@@ -61,7 +61,9 @@ def drop_and_grow(
         return MaskUpdate(masks, masks)
     m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
     active = jnp.stack([jnp.sum(m, dtype=jnp.int32) for m in m_u])
-    k = jnp.floor(fraction * active).astype(jnp.int32)
+    units = jnp.asarray([m.size for m in m_u], jnp.int32)
+    # A fully dense leaf (ERK overflow) has nowhere to grow: dropping would only zero weights.
+    k = jnp.where(active < units, jnp.floor(fraction * active), 0).astype(jnp.int32)
     groups = list(range(len(idx)))
     drop_key, grow_key = jax.random.split(key)
     keep = topk_masks([_square(w, block) for w in ws], active - k, m_u, drop_key, groups)

@@ -6,7 +6,8 @@ Rather than cutting the gradient flow to pruned weights at once, restrict it pro
 - MDGF (mask decay): forward weight ``w * (m + (1 - m) * delta(t))`` with ``delta`` linear
   ``max(0, 1 - c t)`` or exponential ``exp(-c t)``; backward straight-through to the dense ``w``.
 - SDGF (structure decay): step the N:M pattern down over equal frames of the decay phase:
-  ``sparsify``: dense -> (M-1):M -> M/2:M -> ... -> N:M; ``fine``: 8N:8M -> 4N:4M -> 2N:2M -> N:M.
+  ``sparsify``: (M-1):M -> M/2:M -> ... -> 2N:M; ``fine``: 8N:8M -> 4N:4M -> 2N:2M. As in the paper's
+  code, the dense stage of the sequence is the warm-up and the final N:M is the fine-tune phase.
 
 Phases: an optional dense warm-up (``warmup_steps``), the decay phase ending at ``end_step``, then
 fine-tuning on the binary N:M mask (``delta = 0``: the forward is exactly N:M).
@@ -69,18 +70,18 @@ def pgf(
             seed=seed,
         )
 
-    patterns = schedules.sdgf_patterns(n, m, sdgf_schedule)
+    frames = schedules.sdgf_decay_frames(n, m, sdgf_schedule)
 
     def masks_at(params, step):
         names = set(lay.per_leaf(params))
-        branches = [
+        final, *decaying = [
             partial(nm_masks, names=names, n=pn, m=pm, axis=axis, skip_indivisible=skip_indivisible)
-            for pn, pm in patterns
+            for pn, pm in [(n, m), *frames]
         ]
-        frame = schedules.frame_index(step, len(patterns), warmup_steps, end_step)
-        frame = jnp.where(jnp.asarray(step) < warmup_steps, -1, frame)
-        dense = lambda p: mk.map_sparse(jnp.ones_like, branches[-1](p))  # noqa: E731
-        return jax.lax.switch(frame + 1, [dense, *branches], params)
+        dense = lambda p: mk.map_sparse(jnp.ones_like, final(p))  # noqa: E731
+        return jax.lax.switch(
+            _phase(step, len(frames), warmup_steps, end_step), [dense, *decaying, final], params
+        )
 
     return SparseAlgorithm(
         name="pgf",
@@ -91,11 +92,18 @@ def pgf(
     )
 
 
+def _phase(step, num_frames: int, warmup_steps: int, end_step: int) -> jax.Array:
+    """0 during warm-up (dense), 1..num_frames for the decay frames, num_frames + 1 from end_step on."""
+    t = jnp.asarray(step)
+    frame = 1 + schedules.frame_index(t, max(num_frames, 1), warmup_steps, end_step)
+    frame = jnp.where((t >= end_step) | (num_frames == 0), num_frames + 1, frame)
+    return jnp.where(t < warmup_steps, 0, frame)
+
+
 def sdgf_pattern_at(
     step: int, n: int, m: int, sdgf_schedule: str, warmup_steps: int, end_step: int
 ) -> tuple[int, int] | None:
-    """Host-side: the N:M pattern SDGF uses at ``step`` (None during dense warm-up)."""
-    if step < warmup_steps:
-        return None
-    patterns = schedules.sdgf_patterns(n, m, sdgf_schedule)
-    return patterns[int(schedules.frame_index(step, len(patterns), warmup_steps, end_step))]
+    """Host-side: the N:M pattern SDGF uses at ``step`` (None during the dense warm-up)."""
+    frames = schedules.sdgf_decay_frames(n, m, sdgf_schedule)
+    phase = int(_phase(step, len(frames), warmup_steps, end_step))
+    return None if phase == 0 else ([*frames, (n, m)])[phase - 1]

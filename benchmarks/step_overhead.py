@@ -1,0 +1,206 @@
+"""Step overhead of ``sj.sparsify`` against the plain optimizer, measured side by side in one process.
+
+For a small Flax CNN and an MLP, times a jitted train step (forward, backward, optimizer) of the dense
+optimizer and of ``sparsify(...)`` for each algorithm at 90% (2:4 / 1:8 for N:M), interleaving rounds so
+machine noise hits all alike, and reports medians:
+
+- non-update step / dense step (target <= 1.05 for masked methods, <= 1.15 for STE-family);
+- RigL/SET update step / dense step (target <= 3), and the amortised overhead at ``update_every=100``;
+- mask memory: bool (1 byte per sparsified weight) and packed (1 bit).
+
+    python benchmarks/step_overhead.py [--rounds 7] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import sparsejax as sj
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(512)(x))
+        x = nn.relu(nn.Dense(512)(x))
+        return nn.Dense(10)(x)
+
+
+class CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(32, (3, 3))(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(64, (3, 3))(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Dense(256)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(x)
+
+
+# name -> (algorithm with rare updates, algorithm updating every step or None)
+ALGOS = {
+    "static": (lambda: sj.static(0.9), None),
+    "set": (
+        lambda: sj.set_sparse(0.9, update_every=100, end_step=10**6),
+        lambda: sj.set_sparse(0.9, update_every=1, end_step=10**6),
+    ),
+    "rigl": (
+        lambda: sj.rigl(0.9, update_every=100, end_step=10**6),
+        lambda: sj.rigl(0.9, update_every=1, end_step=10**6),
+    ),
+    "ste": (lambda: sj.ste(n=2, m=4, skip_indivisible=True), None),
+    "sr_ste": (lambda: sj.sr_ste(2, 4, skip_indivisible=True), None),
+    "pgf": (lambda: sj.pgf(1, 8, end_step=10**6, skip_indivisible=True), None),
+}
+
+
+def make_step(model, tx):
+    def loss_fn(p, state, x, y):
+        logits = model.apply({"params": sj.forward_params(p, state)}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def dense_loss(p, x, y):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    if tx is None:
+        inner = optax.adam(1e-3)
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def dense_step(p, s, x, y):
+            g = jax.grad(dense_loss)(p, x, y)
+            u, s = inner.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        return dense_step, inner
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))  # as a real training loop would
+    def step(p, s, x, y):
+        g = jax.grad(loss_fn)(p, s, x, y)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    return step, tx
+
+
+def time_steps(step, p, s, x, y, n):
+    """Mean seconds per step over ``n`` steps; returns the advanced (p, s) too (inputs are donated)."""
+    p, s = step(p, s, x, y)  # the first call may hit a mask update; keep timing steady-state
+    jax.block_until_ready(p)
+    t = time.perf_counter()
+    for _ in range(n):
+        p, s = step(p, s, x, y)
+    jax.block_until_ready(p)
+    return (time.perf_counter() - t) / n, (p, s)
+
+
+def bench_model(name, model, x, y, rounds, steps):
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    runs = {"dense": make_step(model, None)}
+    for algo, (rare, every) in ALGOS.items():
+        runs[algo] = make_step(model, sj.sparsify(optax.adam(1e-3), rare()))
+        if every is not None:
+            runs[f"{algo}@update"] = make_step(model, sj.sparsify(optax.adam(1e-3), every()))
+    copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (donated buffers must not be shared)
+    states = {k: (copy(params), tx.init(copy(params))) for k, (_, tx) in runs.items()}
+    for k, (step, _) in runs.items():  # compile outside the timed rounds
+        states[k] = step(*states[k], x, y)
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, (step, _) in runs.items():
+            dt, states[k] = time_steps(step, *states[k], x, y, steps)
+            times[k].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    dense = med["dense"]
+    rows = {}
+    for algo in ALGOS:
+        row = {"step_ms": 1e3 * med[algo], "ratio_vs_dense": med[algo] / dense}
+        if f"{algo}@update" in med:
+            upd = med[f"{algo}@update"]
+            row["update_step_ratio"] = upd / dense
+            row["amortised_overhead_at_100"] = (99 * med[algo] + upd) / 100 / dense - 1
+        rows[algo] = row
+    masks = sj.masks_of(states["rigl"][1])
+    n_sparse = sum(int(np.size(m)) for m in sj.masks.sparse_leaves(masks))
+    n_params = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+    packed = sum(int(np.size(m)) for m in sj.masks.sparse_leaves(sj.pack_masks(masks)))
+    return {
+        "model": name,
+        "params": n_params,
+        "dense_step_ms": 1e3 * dense,
+        "algorithms": rows,
+        "mask_bytes_bool": n_sparse,
+        "mask_bytes_packed": packed,
+        "param_bytes_f32": 4 * n_params,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "step_overhead.json")
+    )
+    args = ap.parse_args()
+    key = jax.random.PRNGKey(1)
+    y = jax.random.randint(key, (args.batch,), 0, 10)
+    results = [
+        bench_model(
+            "mlp", MLP(), jax.random.normal(key, (args.batch, 784)), y, args.rounds, args.steps
+        ),
+        bench_model(
+            "cnn",
+            CNN(),
+            jax.random.normal(key, (args.batch, 28, 28, 1)),
+            y,
+            args.rounds,
+            args.steps,
+        ),
+    ]
+    meta = {
+        "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "jax": jax.__version__,
+        "load_avg_1m": os.getloadavg()[0],
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "batch": args.batch,
+    }
+    print(f"device: {meta['device']}  load: {meta['load_avg_1m']:.1f}")
+    for r in results:
+        print(
+            f"\n{r['model']}: {r['params']:,} params, dense step {r['dense_step_ms']:.2f} ms; "
+            f"masks {r['mask_bytes_bool']:,} B bool / {r['mask_bytes_packed']:,} B packed "
+            f"(params {r['param_bytes_f32']:,} B)"
+        )
+        print(f"{'algorithm':10s} {'step/dense':>10s} {'update/dense':>12s} {'amortised@100':>14s}")
+        for algo, row in r["algorithms"].items():
+            upd = f"{row['update_step_ratio']:.2f}x" if "update_step_ratio" in row else "-"
+            am = (
+                f"{100 * row['amortised_overhead_at_100']:+.1f}%"
+                if "amortised_overhead_at_100" in row
+                else "-"
+            )
+            print(f"{algo:10s} {row['ratio_vs_dense']:>9.3f}x {upd:>12s} {am:>14s}")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
