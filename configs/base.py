@@ -15,6 +15,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.num_steps = 300
     config.batch_size = 128
     config.eval_batch_size = 0  # 0: same as batch_size
+    # False: random ops compile ~5x faster on CPU; set True for RNG sharded over several devices.
+    config.threefry_partitionable = False
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "momentum"  # sgd | momentum | adam | adamw | lion
@@ -32,10 +34,28 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer.label_smoothing = 0.0
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "lenet"
+    config.model.name = "lenet"  # mlp | lenet | resnet20 | resnet18 | wrn22_2 | resnet50 | vit_tiny
+    # Every model's keys, None meaning "that model's default" (so any of them can be set from the CLI).
+    m = config.model
+    m.hidden = config_dict.placeholder(tuple)  # mlp: hidden widths
+    m.width_multiplier = config_dict.placeholder(int)  # lenet
+    m.width = config_dict.placeholder(int)  # resnets: first-stage channels; wrn: before widening
+    m.stage_sizes = config_dict.placeholder(tuple)  # resnets: blocks per stage
+    m.block = config_dict.placeholder(str)  # resnets: basic | bottleneck
+    m.stem = config_dict.placeholder(str)  # resnets: cifar | imagenet
+    m.depth = config_dict.placeholder(int)  # wrn: total depth; vit: number of blocks
+    m.widen = config_dict.placeholder(int)  # wrn
+    m.dropout = config_dict.placeholder(float)  # wrn
+    m.patch_size = config_dict.placeholder(int)  # vit
+    m.hidden_dim = config_dict.placeholder(int)  # vit
+    m.num_heads = config_dict.placeholder(int)  # vit
+    m.mlp_dim = config_dict.placeholder(int)  # vit, transformer_lm
+    m.tie_embeddings = config_dict.placeholder(bool)  # transformer_lm
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "mnist5k"  # mnist5k | digits | any prepared TFDS image-classification dataset
+    config.data.name = (
+        "mnist5k"  # mnist5k | digits | any prepared TFDS image-classification dataset
+    )
     config.data.tfds_data_dir = ""  # "": TFDS default (~/tensorflow_datasets)
     config.data.download = False
     config.data.train_split = "train"
@@ -76,6 +96,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     s.warmup_steps = 0
     s.seed = 0
 
+    # Device mesh (docs/distributed.md); -1 takes the remaining devices; one device = no sharding.
+    config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1})
+
     config.log_every = 10
     config.eval_every = 100  # 0: only at the end
     config.checkpoint_every = 100  # 0: only at the end (and on SIGTERM)
@@ -86,6 +109,77 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.wandb.project = "sparsejax"
     config.wandb.entity = ""
     config.wandb.name = ""  # "": the workdir's name
+    return config
+
+
+TASKS = ("default", "cifar10", "imagenet")
+
+
+def set_task(config: ml_collections.ConfigDict, task: str) -> ml_collections.ConfigDict:
+    """Model, data, optimizer and step counts of a standard task (the same for every algorithm).
+
+    default: ResNet-20 (width 8) on the embedded mnist5k digits; a few minutes on 2 CPU cores.
+    cifar10: WRN-22-2 on CIFAR-10 with the RigL paper's recipe (batch 128, 250 epochs, step decay).
+    imagenet: ResNet-50 on ImageNet with the RigL paper's recipe (batch 4096, 100 epochs).
+    """
+    s = config.sparsity
+    if task == "default":
+        config.model.name = "resnet20"
+        config.model.width = 8
+        config.data.name = "mnist5k"
+        config.data.augment = "crop"
+        config.data.crop_padding = 2
+        config.num_steps = 400  # ~13 epochs of the 4,000 training digits
+        config.batch_size = 128
+        config.optimizer.learning_rate = 0.1
+        config.optimizer.warmup_steps = 30
+        s.update_every = 25
+        config.log_every = 25
+        config.eval_every = 100
+        config.checkpoint_every = 100
+    elif task == "cifar10":
+        # RigL's CIFAR-10 recipe: SGD momentum 0.9, lr 0.1 with 5x drops, weight decay 5e-4, 250 epochs.
+        config.model.name = "wrn22_2"
+        config.data.name = "cifar10"
+        config.data.augment = "crop_flip"
+        config.num_steps = 97_656
+        config.batch_size = 128
+        config.optimizer.learning_rate = 0.1
+        config.optimizer.schedule = "step"
+        config.optimizer.decay_boundaries = (0.3, 0.6, 0.9)
+        config.optimizer.decay_factor = 0.2
+        config.optimizer.weight_decay = 5e-4
+        s.update_every = 100
+        config.log_every = 100
+        config.eval_every = 5_000
+        config.checkpoint_every = 5_000
+    elif task == "imagenet":
+        # RigL's ImageNet recipe: lr 1.6 (0.1 x 4096/256) with 5 warm-up epochs, 10x drops at epochs
+        # 30/70/90, Nesterov momentum, label smoothing 0.1, weight decay 1e-4, 32k steps of 4096.
+        config.model.name = "resnet50"
+        config.data.name = "imagenet2012"
+        config.data.eval_split = "validation"
+        config.data.augment = "inception"
+        config.data.image_size = 224
+        config.data.num_threads = 32
+        config.num_steps = 32_000
+        config.batch_size = 4096
+        config.eval_batch_size = 1000
+        config.optimizer.learning_rate = 1.6
+        config.optimizer.warmup_steps = 1_563
+        config.optimizer.schedule = "step"
+        config.optimizer.decay_boundaries = (0.3, 0.7, 0.9)
+        config.optimizer.decay_factor = 0.1
+        config.optimizer.weight_decay = 1e-4
+        config.optimizer.nesterov = True
+        config.optimizer.label_smoothing = 0.1
+        s.update_every = 100
+        s.end_step = 25_000
+        config.log_every = 100
+        config.eval_every = 2_000
+        config.checkpoint_every = 1_000
+    else:
+        raise ValueError(f"task {task!r}: allowed {', '.join(TASKS)}")
     return config
 
 

@@ -16,7 +16,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from experiments import sources
+from experiments import sources, text
 from experiments.errors import ConfigError
 
 AUGMENTATIONS = ("none", "crop", "crop_flip", "inception")
@@ -40,7 +40,9 @@ class Pipeline:
 
     def train_iterator(self, state: dict[str, Any] | None = None) -> grain.DatasetIterator:
         """A train iterator, positioned at ``state`` (from ``iterator.get_state()``) when given."""
-        options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=2 * self.num_threads)
+        options = grain.ReadOptions(
+            num_threads=self.num_threads, prefetch_buffer_size=2 * self.num_threads
+        )
         iterator = iter(self.train.to_iter_dataset(options))
         if state is not None:
             iterator.set_state(state)
@@ -48,7 +50,9 @@ class Pipeline:
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         """One pass over the eval split in fixed-size batches; ``mask`` marks the real (non-padding) rows."""
-        options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=2 * self.num_threads)
+        options = grain.ReadOptions(
+            num_threads=self.num_threads, prefetch_buffer_size=2 * self.num_threads
+        )
         for batch in self.eval.to_iter_dataset(options):
             n = len(batch["label"])
             pad = self.eval_batch_size - n
@@ -143,7 +147,9 @@ def _channel_stats(dataset: grain.MapDataset, channels: int) -> tuple[np.ndarray
     """Per-channel mean/std over 512 evenly spaced eval-transformed train records; deterministic."""
     # Evenly spaced, not the first 512: embedded sources are sorted by label.
     indices = np.unique(np.linspace(0, len(dataset) - 1, min(512, len(dataset))).astype(int))
-    images = [dataset[int(i)]["image"].reshape(-1, channels).astype(np.float64) / 255.0 for i in indices]
+    images = [
+        dataset[int(i)]["image"].reshape(-1, channels).astype(np.float64) / 255.0 for i in indices
+    ]
     mean = np.mean([x.mean(0) for x in images], axis=0)
     std = np.sqrt(np.maximum(np.mean([(x**2).mean(0) for x in images], axis=0) - mean**2, 1e-6))
     return mean.astype(np.float32), std.astype(np.float32)
@@ -167,6 +173,8 @@ def open_sources(data: ml_collections.ConfigDict):
 def build(config: ml_collections.ConfigDict) -> Pipeline:
     """The input pipeline for ``config`` (uses ``config.data``, ``config.seed`` and batch sizes)."""
     data = config.data
+    if data.name in text.SOURCES:  # byte-level language modelling (experiments/text.py)
+        return text.build(config)
     if data.augment not in AUGMENTATIONS:
         raise ConfigError(
             f"config.data.augment: unknown augmentation {data.augment!r}; allowed: {', '.join(AUGMENTATIONS)}"
@@ -188,7 +196,9 @@ def build(config: ml_collections.ConfigDict) -> Pipeline:
     train = train.batch(int(config.batch_size), drop_remainder=True)
     if data.augment != "none":
         # Batch-level RNG is seeded by (seed, batch index), so the augmentation stays a function of step.
-        train = train.random_map(_make_batch_transform(data.augment, int(data.crop_padding)), seed=seed + 1)
+        train = train.random_map(
+            _make_batch_transform(data.augment, int(data.crop_padding)), seed=seed + 1
+        )
     eval_batch_size = int(config.eval_batch_size or config.batch_size)
     evals = grain.MapDataset.source(eval_src).map(eval_transform)
     if data.max_eval_examples:

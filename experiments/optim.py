@@ -15,18 +15,20 @@ SCHEDULES = ("constant", "cosine", "linear", "step")
 def check(opt: ml_collections.ConfigDict, num_steps: int) -> None:
     """Raise ConfigError for an invalid ``config.optimizer`` value."""
     if opt.name not in OPTIMIZERS:
-        raise ConfigError(f"config.optimizer.name: unknown optimizer {opt.name!r}; allowed: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(
+            f"config.optimizer.name: unknown optimizer {opt.name!r}; allowed: {', '.join(OPTIMIZERS)}"
+        )
     if opt.schedule not in SCHEDULES:
-        raise ConfigError(f"config.optimizer.schedule: unknown schedule {opt.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        raise ConfigError(
+            f"config.optimizer.schedule: unknown schedule {opt.schedule!r}; allowed: {', '.join(SCHEDULES)}"
+        )
     if not opt.learning_rate > 0:
-        raise ConfigError(f"config.optimizer.learning_rate={opt.learning_rate}: allowed values are > 0")
+        raise ConfigError(
+            f"config.optimizer.learning_rate={opt.learning_rate}: allowed values are > 0"
+        )
     for key in ("weight_decay", "grad_clip_norm", "label_smoothing", "momentum"):
         if opt[key] < 0:
             raise ConfigError(f"config.optimizer.{key}={opt[key]}: allowed values are >= 0")
-    if not 0 <= opt.warmup_steps <= num_steps:
-        raise ConfigError(
-            f"config.optimizer.warmup_steps={opt.warmup_steps}: allowed integers in [0, num_steps={num_steps}]"
-        )
     if any(not 0 < b < 1 for b in opt.decay_boundaries):
         raise ConfigError(
             f"config.optimizer.decay_boundaries={tuple(opt.decay_boundaries)}: allowed fractions of num_steps in (0, 1)"
@@ -44,7 +46,9 @@ def schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     elif opt.schedule == "linear":
         main = optax.linear_schedule(lr, 0.0, decay_steps)
     else:  # step
-        bounds = {int(b * num_steps) - warmup: float(opt.decay_factor) for b in opt.decay_boundaries}
+        bounds = {
+            int(b * num_steps) - warmup: float(opt.decay_factor) for b in opt.decay_boundaries
+        }
         main = optax.piecewise_constant_schedule(lr, {k: v for k, v in bounds.items() if k > 0})
     if not warmup:
         return main
@@ -56,7 +60,9 @@ def _kernels(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def build(opt: ml_collections.ConfigDict, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def build(
+    opt: ml_collections.ConfigDict, num_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimizer (without sparsity; ``sj.sparsify`` wraps it) and its learning-rate schedule."""
     check(opt, num_steps)
     lr = schedule(opt, num_steps)

@@ -62,7 +62,7 @@ class RenamedSource(Sequence):
         return {"image": np.asarray(record[self.image_key]), "label": record[self.label_key]}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     """All images (uint8 NHWC) and labels (int32) of an embedded dataset, in the file's order."""
     if name == "mnist5k":
@@ -79,7 +79,9 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
         # Pixel values are 0..16; scale to the uint8 range every other dataset uses.
         images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
         return images[..., None], digits.target.astype(np.int32)
-    raise ConfigError(f"config.data.name: unknown embedded dataset {name!r}; allowed: {', '.join(EMBEDDED)}")
+    raise ConfigError(
+        f"config.data.name: unknown embedded dataset {name!r}; allowed: {', '.join(EMBEDDED)}"
+    )
 
 
 def embedded(name: str, test_fraction: float = 0.2) -> tuple[ArraySource, ArraySource, SourceInfo]:
@@ -117,9 +119,14 @@ def _prepare_hint(name: str, data_dir: str | None) -> str:
 def tfds_builder(name: str, data_dir: str | None, download: bool) -> Any:
     """The TFDS builder of ``name``, failing at once (no network) when it is unknown or not prepared."""
     import tensorflow_datasets as tfds
+    from absl import logging
 
+    verbosity = logging.get_verbosity()
+    # TFDS warns about the missing files we are about to report ourselves, in one line.
+    logging.set_verbosity(logging.ERROR)
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
+        prepared = builder.is_prepared()
     except tfds.core.registered.DatasetNotFoundError:
         # An unregistered name that has no prepared files: either a typo or a dataset never built here.
         raise ConfigError(
@@ -127,8 +134,10 @@ def tfds_builder(name: str, data_dir: str | None, download: bool) -> Any:
             f"image-classification dataset (e.g. cifar10, cifar100, imagenet2012) prepared under "
             f"config.data.tfds_data_dir={data_dir or '~/tensorflow_datasets'}"
         ) from None
+    finally:
+        logging.set_verbosity(verbosity)
     # Checking the prepared-data directory first is what avoids TFDS's ~200 s network hang when offline.
-    if not builder.is_prepared() and not download:
+    if not prepared and not download:
         raise ConfigError(_prepare_hint(name, str(builder.data_dir)))
     return builder
 
@@ -150,7 +159,7 @@ def tfds(
     for key, what in ((image_key, "image_key"), (label_key, "label_key")):
         if key not in features:
             raise ConfigError(
-                f"config.data.{what}: {key!r} is not a feature of {name}; allowed: {', '.join(features)}"
+                f"config.data.{what}: {key!r} is not a feature of {name}; allowed: {', '.join(sorted(features))}"
             )
     for split, what in ((train_split, "train_split"), (eval_split, "eval_split")):
         if split.split("[")[0] not in builder.info.splits:

@@ -3,7 +3,6 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 from conftest import MLP, make_step
@@ -15,7 +14,9 @@ def test_forward_flops_dense_and_sparse_mlp():
     model = MLP(hidden=(64, 32))
     x = jnp.ones((8, 100))
     params = model.init(jax.random.PRNGKey(0), x)["params"]
-    masks = sj.create_masks(params, sj.leaf_sparsities(params, 0.75, "uniform"), jax.random.PRNGKey(1))
+    masks = sj.create_masks(
+        params, sj.leaf_sparsities(params, 0.75, "uniform"), jax.random.PRNGKey(1)
+    )
     apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
     f = sj.metrics.forward_flops(apply, params, x, masks=masks)
     dense = 2 * 8 * (100 * 64 + 64 * 32 + 32 * 10)
@@ -53,7 +54,10 @@ def test_itop_grows_with_set_and_stays_with_static():
     x = jax.random.normal(jax.random.PRNGKey(0), (32, 20))
     y = jnp.zeros(32, jnp.int32)
     rates = {}
-    for name, algo in {"static": sj.static(0.9), "set": sj.set_sparse(0.9, update_every=1, drop_fraction=0.3)}.items():
+    for name, algo in {
+        "static": sj.static(0.9),
+        "set": sj.set_sparse(0.9, update_every=1, drop_fraction=0.3),
+    }.items():
         params = model.init(jax.random.PRNGKey(0), x)["params"]
         tx = sj.sparsify(optax.sgd(0.1), algo)
         state = tx.init(params)
@@ -75,5 +79,7 @@ def test_sad_fraction_and_average_param_count():
     assert float(sj.metrics.sad(a, b, fraction=True)) == 0.5
     assert sj.metrics.average_param_count([100, 50, 50]) == pytest.approx(200 / 3)
     # Step-weighted: 100 params for steps 0..10, then 10 for 10..100.
-    assert sj.metrics.average_param_count([100, 100, 10, 10], [0, 10, 10, 100]) == pytest.approx(19.0)
+    assert sj.metrics.average_param_count([100, 100, 10, 10], [0, 10, 10, 100]) == pytest.approx(
+        19.0
+    )
     assert float(sj.metrics.grown_survival(a, b)) == 0.5

@@ -2,7 +2,8 @@
 
 Every model is a dataclass whose fields are its config keys (``config.model.<field>``) plus
 ``num_classes`` (taken from the dataset), and is applied as ``model.apply(variables, x, train=...)``.
-Adding a model is one new file plus one line in ``MODELS``.
+``configs/base.py`` declares every model key as a placeholder; ``None`` means the model's own default.
+Adding a model is one new file plus one line in ``MODELS`` (plus placeholders for new keys in base.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import flax.linen as nn
 import ml_collections
 
 from experiments.errors import ConfigError
-from experiments.models import lenet, mlp, resnet, vit
+from experiments.models import lenet, mlp, resnet, transformer_lm, vit
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": mlp.MLP,
@@ -24,6 +25,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "wrn22_2": resnet.WRN22_2,
     "resnet50": resnet.ResNet50,
     "vit_tiny": vit.ViTTiny,
+    "transformer_lm": transformer_lm.TransformerLM,
 }
 
 # Flax's own dataclass fields, never config keys (`name` is the registry key in the config).
@@ -38,11 +40,13 @@ def fields_of(model_name: str) -> set[str]:
 def check(model_config: ml_collections.ConfigDict) -> None:
     """Raise ConfigError for an unknown model or a key that no registered model has (a typo).
 
-    Keys of *other* models are tolerated so ``--config.model.name=mlp`` works on a ResNet config.
+    Keys of *other* models are ignored so ``--config.model.name=mlp`` works on a ResNet config.
     """
     name = model_config.get("name")
     if name not in MODELS:
-        raise ConfigError(f"config.model.name: unknown model {name!r}; allowed: {', '.join(MODELS)}")
+        raise ConfigError(
+            f"config.model.name: unknown model {name!r}; allowed: {', '.join(MODELS)}"
+        )
     known = set().union(*(fields_of(n) for n in MODELS))
     for key in model_config:
         if key != "name" and key not in known:
@@ -55,5 +59,7 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
     """Instantiate ``config.model`` for a dataset with ``num_classes`` classes."""
     check(model_config)
     accepted = fields_of(model_config.name)
-    kwargs: dict[str, Any] = {k: v for k, v in model_config.items() if k in accepted}
+    kwargs: dict[str, Any] = {
+        k: v for k, v in model_config.items() if k in accepted and v is not None
+    }
     return MODELS[model_config.name](num_classes=num_classes, **kwargs)

@@ -5,14 +5,14 @@ import jax.numpy as jnp
 
 
 class LeNet(nn.Module):
-    """Conv(6, 5x5) -> pool -> Conv(16, 5x5) -> pool -> 120 -> 84 -> head; ``width`` scales every layer."""
+    """Conv(6, 5x5) -> pool -> Conv(16, 5x5) -> pool -> 120 -> 84 -> head, every layer times a multiplier."""
 
     num_classes: int = 10
-    width: int = 1
+    width_multiplier: int = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        w = self.width
+        w = self.width_multiplier
         # SAME padding keeps this usable on 8x8 `digits` as well as 28x28 MNIST and 32x32 CIFAR.
         x = nn.relu(nn.Conv(6 * w, (5, 5), padding="SAME", name="stem")(x))
         x = nn.max_pool(x, (2, 2), (2, 2))

@@ -57,9 +57,13 @@ class Bottleneck(nn.Module):
         s = (self.strides, self.strides)
         y = nn.relu(_norm(train, "norm_0")(_conv(self.features, (1, 1), name="conv_0")(x)))
         y = nn.relu(_norm(train, "norm_1")(_conv(self.features, (3, 3), s, name="conv_1")(y)))
-        y = _norm(train, "norm_2", zero_init=True)(_conv(4 * self.features, (1, 1), name="conv_2")(y))
+        y = _norm(train, "norm_2", zero_init=True)(
+            _conv(4 * self.features, (1, 1), name="conv_2")(y)
+        )
         if x.shape != y.shape:
-            x = _norm(train, "shortcut_norm")(_conv(4 * self.features, (1, 1), s, name="shortcut")(x))
+            x = _norm(train, "shortcut_norm")(
+                _conv(4 * self.features, (1, 1), s, name="shortcut")(x)
+            )
         return nn.relu(x + y)
 
 

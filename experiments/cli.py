@@ -1,0 +1,49 @@
+"""Command-line plumbing shared by ``train`` and ``sweep``: every user error is one line, no traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from absl import flags
+from ml_collections import config_flags
+
+
+def one_line(message: str) -> str:
+    """The informative line of an error message.
+
+    ml_collections wraps errors raised while loading a config file in a traceback; the last line
+    (``ValueError: ...``) is the one that says what is wrong.
+    """
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if not lines:
+        return "invalid input"
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1]
+    return lines[0]
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: <one line>`` on stderr and exit with status 2."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing where every failure (unknown key, wrong type, bad preset) is one line."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - config files may raise anything while loading
+        fail(str(e))
+
+
+def config_file(config_flag) -> str:
+    """The ``path[:arg]`` of a config flag, failing in one line if the file does not exist."""
+    spec = config_flags.get_config_filename(config_flag)
+    path = spec.split(":", 1)[0]
+    if not os.path.isfile(path):
+        fail(
+            f"--config={spec}: no such file {path!r} (paths are relative to the current directory)"
+        )
+    return spec

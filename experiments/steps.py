@@ -1,0 +1,131 @@
+"""The jitted train and eval steps, and the initial train state.
+
+The train state is a plain dict pytree ``{params, model_state, opt_state, step, key}``: ``model_state``
+holds mutable collections (BatchNorm ``batch_stats``; empty for stateless models), ``opt_state`` is the
+``sj.sparsify`` state with the masks. The step's PRNG key is ``fold_in(key, step)``, never split in place,
+so any step can be recomputed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import sparsejax as sj
+
+State = dict[str, Any]
+Batch = dict[str, np.ndarray]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy with optional label smoothing."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if smoothing:
+        targets = optax.smooth_labels(targets, smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int) -> State:
+    """Fresh train state.
+
+    ``tx.init`` is traced before anything compiles, so an N:M shape error surfaces first; it runs under jit
+    because op-by-op mask creation compiles dozens of tiny programs (3x slower on CPU).
+    """
+    key = jax.random.PRNGKey(seed)
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, dummy, train=False))(jax.random.fold_in(key, 1))
+    variables = dict(variables)
+    params = variables.pop("params")
+    state = {
+        "params": params,
+        "model_state": variables,
+        "opt_state": jax.jit(tx.init)(params),
+        "step": jnp.zeros((), jnp.int32),
+        "key": jax.random.fold_in(key, 2),
+    }
+    return commit(state)
+
+
+def commit(state: State) -> State:
+    """Place every leaf on the default device explicitly.
+
+    jit keys its cache on whether inputs are committed to a device; fresh arrays are not, step outputs are,
+    so without this the train step compiles twice (once for the initial state, once for every later one).
+    """
+    return jax.device_put(state, jax.devices()[0])
+
+
+def make_steps(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    mean: np.ndarray,
+    std: np.ndarray,
+    label_smoothing: float = 0.0,
+) -> tuple[Callable[[State, Batch], tuple[State, dict]], Callable[[State, Batch], dict]]:
+    """``train_step(state, batch) -> (state, {loss, accuracy})`` and ``eval_step(state, batch) -> sums``."""
+
+    def forward(state: State, params, images, train: bool, key):
+        # uint8 on the wire, normalised on device; ``mean is None``: token ids, fed as they are
+        x = images if mean is None else (images.astype(jnp.float32) / 255.0 - mean) / std
+        model_state = state["model_state"]
+        variables = {"params": sj.forward_params(params, state["opt_state"]), **model_state}
+        if train and model_state:  # BatchNorm: also returns the updated running statistics
+            logits, new = model.apply(
+                variables, x, train=True, mutable=list(model_state), rngs={"dropout": key}
+            )
+            return logits, dict(new)
+        return model.apply(variables, x, train=train, rngs={"dropout": key}), model_state
+
+    def train_step(state: State, batch: Batch):
+        key = jax.random.fold_in(state["key"], state["step"])
+
+        def loss_fn(params):
+            logits, model_state = forward(state, params, batch["image"], True, key)
+            loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+            return loss, (logits, model_state)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (logits, model_state)), grads = grad_fn(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "model_state": model_state,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "key": state["key"],
+        }
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return new_state, {"loss": loss, "accuracy": accuracy}
+
+    def eval_step(state: State, batch: Batch) -> dict[str, jax.Array]:
+        logits, _ = forward(state, state["params"], batch["image"], False, state["key"])
+        mask = batch["mask"].astype(jnp.float32)
+        loss = cross_entropy(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        # Per-example means (sequence models: over tokens), so padding rows mask out whole examples.
+        loss, correct = (v.reshape(v.shape[0], -1).mean(-1) for v in (loss, correct))
+        return {
+            "loss": jnp.sum(loss * mask),
+            "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask),
+        }
+
+    # CPU cannot donate buffers (and warns); elsewhere donation halves the state's peak memory.
+    donate = (0,) if jax.default_backend() != "cpu" else ()
+    return jax.jit(train_step, donate_argnums=donate), jax.jit(eval_step)
+
+
+def evaluate(eval_step: Callable, state: State, batches: Iterable[Batch]) -> dict[str, float]:
+    """Mean loss and accuracy over ``batches`` (rows with ``mask == False`` are padding)."""
+    sums = [eval_step(state, batch) for batch in batches]
+    if not sums:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    total = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums))
+    count = max(float(total["count"]), 1.0)
+    return {"loss": float(total["loss"]) / count, "accuracy": float(total["correct"]) / count}

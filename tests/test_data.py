@@ -1,0 +1,97 @@
+"""Input pipelines: embedded datasets, determinism, resumable iterators, augmentation, eval padding."""
+
+import numpy as np
+import pytest
+
+from configs import base
+from experiments import data, sources
+from experiments.errors import ConfigError
+
+
+def _config(**data_overrides):
+    config = base.get_base_config()
+    config.batch_size = 32
+    for key, value in data_overrides.items():
+        config.data[key] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "name, shape, n_train, n_test",
+    [("mnist5k", (28, 28, 1), 4000, 1000), ("digits", (8, 8, 1), 1438, 359)],
+)
+def test_embedded_split_is_fixed_and_stratified(name, shape, n_train, n_test):
+    train, test, info = sources.embedded(name)
+    assert info.image_shape == shape and info.num_classes == 10
+    assert (len(train), len(test)) == (n_train, n_test)
+    assert train.images.dtype == np.uint8 and train.images.max() > 200  # real pixels, full range
+    counts = np.bincount(test.labels, minlength=10)
+    assert counts.min() >= 0.8 * counts.max()  # class balance kept
+    train2, _, _ = sources.embedded(name)
+    np.testing.assert_array_equal(train.labels, train2.labels)
+    # Train and test share no image.
+    train_rows = {r.tobytes() for r in train.images}
+    assert sum(r.tobytes() in train_rows for r in test.images) < 0.01 * len(test)
+
+
+def test_batches_are_a_function_of_seed_and_step_and_resume_exactly():
+    pipeline = data.build(_config(name="digits", augment="crop", crop_padding=2))
+    it = pipeline.train_iterator()
+    batches = [next(it) for _ in range(3)]
+    state = it.get_state()
+    after = next(it)
+    resumed = pipeline.train_iterator(state)
+    np.testing.assert_array_equal(next(resumed)["image"], after["image"])
+    again = data.build(_config(name="digits", augment="crop", crop_padding=2)).train_iterator()
+    for b in batches:
+        np.testing.assert_array_equal(next(again)["image"], b["image"])
+    other_seed = _config(name="digits", augment="crop", crop_padding=2)
+    other_seed.seed = 1
+    assert not np.array_equal(
+        next(data.build(other_seed).train_iterator())["label"], batches[0]["label"]
+    )
+
+
+def test_epochs_reshuffle_and_cover_every_example():
+    config = _config(name="digits")
+    config.batch_size = 1438  # exactly one epoch per batch
+    it = data.build(config).train_iterator()
+    e1, e2 = next(it), next(it)
+    assert sorted(e1["label"].tolist()) == sorted(e2["label"].tolist())
+    assert not np.array_equal(e1["label"], e2["label"])
+
+
+def test_batch_augmentation_crops_and_flips():
+    images = np.arange(2 * 4 * 4 * 1, dtype=np.uint8).reshape(2, 4, 4, 1)
+    crop = data._make_batch_transform("crop", 0)
+    out = crop({"image": images, "label": np.zeros(2)}, np.random.default_rng(0))["image"]
+    np.testing.assert_array_equal(out, images)  # padding 0: identity
+    flip = data._make_batch_transform("crop_flip", 0)
+    outs = [
+        flip({"image": images, "label": None}, np.random.default_rng(s))["image"] for s in range(8)
+    ]
+    assert any(np.array_equal(o[0], images[0, :, ::-1]) for o in outs)
+    padded = data._make_batch_transform("crop", 2)
+    out = padded({"image": images + 1, "label": None}, np.random.default_rng(0))["image"]
+    assert out.shape == images.shape and (out == 0).any()  # some zero padding shifted in
+
+
+def test_eval_batches_pad_to_a_fixed_size_with_a_mask():
+    config = _config(name="digits")
+    config.eval_batch_size = 100
+    batches = list(data.build(config).eval_batches())
+    assert all(b["image"].shape == (100, 8, 8, 1) for b in batches)
+    assert sum(int(b["mask"].sum()) for b in batches) == 359
+    assert not batches[-1]["mask"][-1]
+
+
+def test_center_crop_and_inception_crop_give_the_target_size():
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    assert data._center_crop(image, 32).shape == (32, 32, 3)
+    crop = data._random_resized_crop(image, 24, np.random.default_rng(0))
+    assert crop.shape == (24, 24, 3) and crop.dtype == np.uint8
+
+
+def test_unknown_augmentation_is_one_clear_error():
+    with pytest.raises(ConfigError, match="config.data.augment.*allowed: none, crop"):
+        data.build(_config(augment="mixup"))

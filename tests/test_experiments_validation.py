@@ -1,0 +1,163 @@
+"""Bad input: every invalid config value or flag is one clear line naming the key and allowed values."""
+
+import os
+import subprocess
+import sys
+
+import optax
+import pytest
+
+import sparsejax as sj
+from configs import base
+from experiments import models, steps, validate
+from experiments.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _set(config, dotted, value):
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+# (key, bad value, what the message must contain)
+CHECKED_BY_VALIDATE = [
+    ("num_steps", -5, "config.num_steps=-5: allowed integers >= 0"),
+    ("batch_size", 0, "config.batch_size=0: allowed integers >= 1"),
+    ("log_every", 0, "config.log_every=0: allowed integers >= 1"),
+    ("eval_every", -1, "config.eval_every=-1"),
+    ("checkpoint_every", -10, "config.checkpoint_every=-10"),
+    (
+        "wandb.mode",
+        "sometimes",
+        "config.wandb.mode: unknown mode 'sometimes'; allowed: disabled, offline, online",
+    ),
+    (
+        "optimizer.name",
+        "adagrad",
+        "config.optimizer.name: unknown optimizer 'adagrad'; allowed: sgd, momentum, adam, adamw, lion",
+    ),
+    (
+        "optimizer.schedule",
+        "exp",
+        "config.optimizer.schedule: unknown schedule 'exp'; allowed: constant, cosine",
+    ),
+    ("optimizer.learning_rate", 0.0, "config.optimizer.learning_rate=0.0: allowed values are > 0"),
+    ("optimizer.warmup_steps", -1, "config.optimizer.warmup_steps=-1"),
+    ("optimizer.decay_boundaries", (0.5, 1.5), "config.optimizer.decay_boundaries=(0.5, 1.5)"),
+    (
+        "model.name",
+        "resnet999",
+        "config.model.name: unknown model 'resnet999'; allowed: mlp, lenet, resnet20",
+    ),
+    ("model.widht", 4, "config.model.widht: unknown model key"),
+    ("data.augment", "mixup", "config.data.augment: unknown augmentation 'mixup'"),
+    ("data.num_threads", -1, "config.data.num_threads=-1"),
+]
+
+
+@pytest.mark.parametrize(
+    "key, value, expected", CHECKED_BY_VALIDATE, ids=[c[0] for c in CHECKED_BY_VALIDATE]
+)
+def test_validate_rejects(key, value, expected):
+    config = base.get_base_config()
+    _set(config, key, value)
+    with pytest.raises(ConfigError) as e:
+        validate.check(config)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+CHECKED_BY_SPARSEJAX = [
+    ("sparsity.sparsity", 1.0, "sparsity.sparsity"),
+    ("sparsity.sparsity", -0.1, "sparsity.sparsity"),
+    ("sparsity.algorithm", "rigl2", "sparsity.algorithm"),
+    ("sparsity.distribution", "gaussian", "sparsity.distribution"),
+    ("sparsity.update_every", 0, "sparsity.update_every"),
+]
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    CHECKED_BY_SPARSEJAX,
+    ids=[f"{c[0]}={c[1]}" for c in CHECKED_BY_SPARSEJAX],
+)
+def test_from_config_rejects(key, value, expected):
+    config = base.get_base_config()
+    config.sparsity.algorithm = "rigl"
+    _set(config, key, value)
+    with pytest.raises(sj.ConfigError, match=expected):
+        sj.from_config(config.sparsity, num_steps=config.num_steps)
+
+
+def test_n_greater_than_m():
+    config = base.get_base_config()
+    config.sparsity.algorithm, config.sparsity.n, config.sparsity.m = "sr_ste", 4, 2
+    with pytest.raises(sj.ConfigError, match="sparsity.n=4.*sparsity.m=2"):
+        sj.from_config(config.sparsity, num_steps=10)
+
+
+def test_m_not_dividing_the_grouped_axis_names_the_leaf_before_any_step_compiles():
+    config = base.get_base_config()
+    config.model.name, config.model.hidden = "mlp", (30,)
+    config.sparsity.algorithm, config.sparsity.n, config.sparsity.m = "ste", 2, 4
+    algo = sj.from_config(config.sparsity, num_steps=10)
+    model = models.build(config.model, num_classes=10)
+    tx = sj.sparsify(optax.sgd(0.1), algo)
+    with pytest.raises(
+        sj.ConfigError, match="head/kernel"
+    ):  # head kernel is (30, 10): 4 does not divide 30
+        steps.init_state(model, tx, (8, 8, 1), seed=0)
+
+
+def test_workdir_checks(tmp_path):
+    with pytest.raises(ConfigError, match="parent directory .* does not exist"):
+        validate.check_workdir(str(tmp_path / "missing" / "run"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        validate.check_workdir(str(tmp_path / "file"))
+    validate.check_workdir(str(tmp_path / "new_run"))  # parent exists: fine
+
+
+CLI_CASES = {
+    "sparsity": (["--config.sparsity.sparsity=1.5"], "sparsity.sparsity=1.5"),
+    "unknown_key": (["--config.no_such_key=1"], "no_such_key"),
+    "bad_type": (["--config.batch_size=abc"], "batch_size"),
+    "bad_preset": (
+        ["--config=configs/rigl_resnet.py:nope"],
+        "allowed presets are default, cifar10, imagenet",
+    ),
+    "missing_file": (["--config=configs/missing.py"], "configs/missing.py"),
+    "unprepared_tfds": (
+        ["--config.data.name=cifar10", "--config.data.tfds_data_dir={tmp}"],
+        "tfds build cifar10",
+    ),
+    "workdir_parent": (["--workdir={tmp}/no/such/dir"], "does not exist"),
+}
+
+
+def test_cli_exits_nonzero_with_one_line_on_stderr(tmp_path):
+    """Each case runs as its own process (concurrently, to keep the test short)."""
+    procs = {}
+    for name, (args, _) in CLI_CASES.items():
+        args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+        if not any(a.startswith("--config=") for a in args):
+            args.insert(0, "--config=configs/rigl_resnet.py")
+        if not any(a.startswith("--workdir=") for a in args):
+            args.insert(0, f"--workdir={tmp_path / name}")
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "experiments.train", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+    for name, proc in procs.items():
+        _, stderr = proc.communicate(timeout=300)
+        lines = stderr.strip().splitlines()
+        assert proc.returncode == 2, (name, stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, stderr)
+        assert CLI_CASES[name][1] in lines[0], (name, lines[0])
+        assert not (tmp_path / name / "checkpoints").exists()
