@@ -73,12 +73,15 @@ def _to_json(value: Any) -> Any:
 class MetricsLog:
     """Appends rows to ``metrics.jsonl`` and, unless ``config.wandb.mode == "disabled"``, to W&B."""
 
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int):
+    def __init__(
+        self, workdir: str, config: ml_collections.ConfigDict, start_step: int, enabled: bool = True
+    ):
+        # In a multi-process run only process 0 writes; the others keep just the bookkeeping.
         self.path = os.path.join(workdir, METRICS_FILE)
-        self._logged = _truncate(self.path, start_step)
-        self._file = open(self.path, "a")
+        self._logged = _truncate(self.path, start_step) if enabled else set()
+        self._file = open(self.path, "a") if enabled else None
         self._wandb = None
-        if config.wandb.mode != "disabled":
+        if enabled and config.wandb.mode != "disabled":
             self._wandb = _start_wandb(workdir, config)
 
     def has(self, step: int, split: str) -> bool:
@@ -89,6 +92,8 @@ class MetricsLog:
         """Log one row (must hold ``step`` and ``split``); per-leaf sparsity goes to W&B only."""
         row = {k: _to_json(v) for k, v in row.items()}
         self._logged.add((row["step"], row["split"]))
+        if self._file is None:
+            return
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._wandb is not None:
@@ -100,7 +105,9 @@ class MetricsLog:
 
     def close(self) -> None:
         """Flush and close the file and the W&B run."""
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

@@ -101,17 +101,20 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
         ckpt.close()
         with open(summary_path) as f:
             return {**json.load(f), "preempted": False}
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    log = metrics_log.MetricsLog(workdir, config, start)
+    lead = jax.process_index() == 0  # multi-process runs: only process 0 writes files and logs
+    if lead:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    log = metrics_log.MetricsLog(workdir, config, start, enabled=lead)
     train_step, eval_step = steps.make_steps(
         model, tx, pipeline.mean, pipeline.std, config.optimizer.label_smoothing
     )
     state, train_step, eval_step = distributed.wire(config, state, train_step, eval_step)
 
     def snapshot_masks(step: int) -> None:
-        path = os.path.join(workdir, "masks", f"step_{step:07d}.npz")
-        sj.save_masks(path, sj.masks_of(state["opt_state"]), step=step)
+        if lead:
+            path = os.path.join(workdir, "masks", f"step_{step:07d}.npz")
+            sj.save_masks(path, sj.masks_of(state["opt_state"]), step=step)
 
     def sparsity() -> tuple[float, dict[str, float]]:
         return metrics_log.network_sparsity(state["params"], sj.masks_of(state["opt_state"]))
@@ -183,12 +186,13 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
         result.update({f"train_{k}": v for k, v in train_metrics.items()})
         result.update({f"eval_{k}": v for k, v in eval_metrics.items()})
         result.update(sparsity=sparsity()[0], runtime_s=time.perf_counter() - t_start)
-        if config.data.name in text.SOURCES:  # perplexity, average parameter count
+        if config.data.name in text.SOURCES and lead:  # perplexity, average parameter count
             log.close()
             result.update(text.lm_metrics(workdir, eval_metrics["loss"], state["params"]))
         result["first_step_s"] = first_step_s
-        with open(summary_path, "w") as f:
-            json.dump({k: v for k, v in result.items() if k != "preempted"}, f, indent=2)
+        if lead:
+            with open(summary_path, "w") as f:
+                json.dump({k: v for k, v in result.items() if k != "preempted"}, f, indent=2)
     log.close()
     ckpt.close()
     return result

@@ -34,22 +34,24 @@ def grouped_product(
     if impl == "dense":
         wd = w.to_dense()
         return jnp.dot(x, wd.T if transpose else wd, precision=plan.precision).astype(out_dtype)
+    if impl == "xla":
+        # The XLA path groups blocks by the panel of x they read: block rows of W for the forward
+        # (CSR order), block columns for dX (the CSC view).
+        if transpose:
+            view = w.csc()
+            args = (view.indptr, view.indices, view.perm, w.grid[0])
+        else:
+            args = (w.indptr, w.indices, jnp.arange(w.nnz, dtype=jnp.int32), w.grid[1])
+        return xla_path.grouped_matmul(
+            x, w.data, *args, transpose_blocks=transpose, out_dtype=out_dtype, config=plan.xla
+        )
+    # The kernels group blocks by the output block they write: columns of W for the forward (CSC
+    # view), rows for dX (CSR order), so each output tile is owned by one run or one program.
     if transpose:
         ptr, in_idx, data_idx = w.indptr, w.indices, jnp.arange(w.nnz, dtype=jnp.int32)
     else:
         view = w.csc()
         ptr, in_idx, data_idx = view.indptr, view.indices, view.perm
-    if impl == "xla":
-        return xla_path.grouped_matmul(
-            x,
-            w.data,
-            ptr,
-            in_idx,
-            data_idx,
-            transpose_blocks=transpose,
-            out_dtype=out_dtype,
-            config=plan.xla,
-        )
     m = x.shape[0]
     xp = _pad_rows(x.astype(out_dtype), plan.tm)
     data = w.data.astype(out_dtype)
@@ -91,7 +93,7 @@ def weight_grad(
         flat = blocked(full, w.block_shape).reshape(kb * nb, *w.block_shape)
         return flat[rows * nb + cols].astype(dtype)
     if impl == "xla":
-        return xla_path.sdd(x, dy, rows, cols, w.block_shape, out_dtype=dtype, config=plan.xla)
+        return xla_path.sdd(x, dy, w.indptr, cols, w.block_shape, out_dtype=dtype, config=plan.xla)
     xp, dyp = _pad_rows(x, plan.tm), _pad_rows(dy.astype(x.dtype), plan.tm)
     common = dict(tm=plan.tm, out_dtype=dtype, interpret=plan.interpret, precision=plan.precision)
     if impl == "pallas_tpu":

@@ -1,11 +1,15 @@
 """Block-sparse products in plain XLA: runs on every backend and is the fast path on CPU.
 
-Layout choice (measured on a 2-core CPU, see docs/kernels.md): one loop over the stored blocks in
-output-group order; each step slices one (M, b) panel of the dense operand, does one small GEMM and
-accumulates straight into the (M, N) output with an in-place dynamic-update-slice. Gathering several
-blocks into one wider GEMM, batched dot_general, segment sums and transposed layouts all lost on CPU:
-the gathers and the final transposes cost more than the wider GEMMs gain, and padding unbalanced groups
-wastes work.
+Layout (measured on a 2-core CPU, see docs/kernels.md): blocks are grouped by the dense-operand panel
+they read (a block row of W for y = x @ W, a block column for dX = dY @ W^T). Each group is cut into
+chunks of exact power-of-two sizes (binary decomposition: 11 blocks -> 8 + 2 + 1), so there is no
+padding and every chunk is one wide GEMM ``panel (M, b) @ [its blocks side by side] (b, s * b')``:
+one panel copy per chunk and GEMM widths that run near dense efficiency. One ``fori_loop`` per chunk
+size (trip counts are data-dependent, shapes are not), ``batch`` chunks per step as one batched
+dot_general (gives the CPU runtime independent work for both cores), and each output block is
+accumulated into the (M, N) f32 result with an in-place dynamic-update-slice. Gathers of x for wider
+contractions, one batched dot over all blocks plus a segment sum, transposed outputs, per-column
+carries and splitting M all measured slower.
 """
 
 from __future__ import annotations
@@ -15,74 +19,145 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas.format import block_rows_from_indptr
+Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class XlaConfig:
     """Tunable knobs of the XLA path (see ``autotune``)."""
 
-    unroll: int = 1  # fori_loop unroll factor: fewer loop trips, larger loop bodies
+    max_chunk: int = 8  # largest chunk (a power of two); chunks of max_chunk, ..., 2, 1 blocks
+    batch: int = 2  # chunks per loop step, computed as one batched dot_general
+
+
+def _sizes(max_chunk: int) -> tuple[int, ...]:
+    if max_chunk < 1 or max_chunk & (max_chunk - 1):
+        raise ValueError(f"max_chunk must be a power of two, got {max_chunk}")
+    return tuple(1 << i for i in range(max_chunk.bit_length() - 1, -1, -1))
+
+
+def chunk_tables(ptr: Array, nnz: int, max_chunk: int) -> list[tuple[int, Array, Array, Array]]:
+    """Binary decomposition of the groups ``ptr`` (G+1,) into chunks of consecutive positions.
+
+    Returns, per chunk size s (largest first): (s, first position of each chunk, its group, number of
+    chunks). Arrays have the static length ``max(nnz // s, 1)``; only the count is data-dependent.
+    """
+    num_groups = ptr.shape[0] - 1
+    counts = jnp.diff(ptr)
+    remaining, offset, tables = counts, jnp.zeros_like(counts), []
+    # A chunk never exceeds the stored blocks (nor, then, the static slice sizes below).
+    for s in (s for s in _sizes(max_chunk) if s <= nnz):
+        per_group = remaining // s
+        remaining = remaining - per_group * s
+        cum = jnp.cumsum(per_group)
+        item = jnp.arange(max(nnz // s, 1), dtype=jnp.int32)
+        group = jnp.minimum(jnp.searchsorted(cum, item, side="right"), num_groups - 1)
+        first = ptr[group] + offset[group] + (item - (cum[group] - per_group[group])) * s
+        offset = offset + per_group * s
+        tables.append((s, first.astype(jnp.int32), group.astype(jnp.int32), cum[-1]))
+    return tables
 
 
 def grouped_matmul(
-    x: jax.Array,
-    data: jax.Array,
-    group_ptr: jax.Array,
-    in_idx: jax.Array,
-    data_idx: jax.Array,
+    x: Array,
+    data: Array,
+    in_ptr: Array,
+    out_idx: Array,
+    data_idx: Array,
+    num_out: int,
     *,
     transpose_blocks: bool,
     out_dtype: jnp.dtype,
     config: XlaConfig = XlaConfig(),
-) -> jax.Array:
-    """y[:, g] = sum over positions t of group g of x[:, in_idx[t]] @ op(data[data_idx[t]]).
+) -> Array:
+    """y[:, out_idx[t]] += x[:, g(t)] @ op(data[data_idx[t]]) over positions t grouped by input panel.
 
-    ``group_ptr`` (G+1,) gives each output block column its range of positions; ``op`` is the identity
-    (forward, y = x @ W, groups = block columns of W) or a transpose (dX = dY @ W^T, groups = block rows).
-    Empty groups stay zero because the accumulator starts at zero.
+    ``in_ptr`` (G+1,) gives each input panel g its range of positions; ``op`` is the identity (forward:
+    y = x @ W, panels = block rows of W, CSR order) or a transpose (dX = dY @ W^T, panels = block
+    columns, CSC view). Output blocks never written stay zero.
     """
     m = x.shape[0]
     nnz, bk, bn = data.shape
     b_in, b_out = (bn, bk) if transpose_blocks else (bk, bn)
-    num_groups = group_ptr.shape[0] - 1
-    groups = block_rows_from_indptr(group_ptr, nnz)
-    contract = ((1,), (1,)) if transpose_blocks else ((1,), (0,))
+    batch = config.batch
 
-    def body(t: jax.Array, y: jax.Array) -> jax.Array:
-        xb = jax.lax.dynamic_slice_in_dim(x, in_idx[t] * b_in, b_in, axis=1)
-        wb = jax.lax.dynamic_index_in_dim(data, data_idx[t], axis=0, keepdims=False)
-        p = jax.lax.dot_general(xb, wb, (contract, ((), ())), preferred_element_type=jnp.float32)
-        col = groups[t] * b_out
-        cur = jax.lax.dynamic_slice_in_dim(y, col, b_out, axis=1)
-        return jax.lax.dynamic_update_slice_in_dim(y, cur + p, col, axis=1)
+    def chunk_operands(s, first, group, count, c):
+        c_safe = jnp.minimum(c, first.shape[0] - 1)
+        p0 = first[c_safe]
+        panel = jax.lax.dynamic_slice_in_dim(x, group[c_safe] * b_in, b_in, axis=1)
+        blocks = jnp.take(data, jax.lax.dynamic_slice_in_dim(data_idx, p0, s), axis=0)
+        # Side by side: (b_in, s * b_out), reading each block transposed for dX.
+        wide = blocks.transpose(2, 0, 1) if transpose_blocks else blocks.transpose(1, 0, 2)
+        wide = wide.reshape(b_in, s * b_out)
+        if batch > 1:  # the tail step of a batched loop may hold a chunk past the count
+            wide = jnp.where(c < count, wide, jnp.zeros((), wide.dtype))
+        return panel, wide, p0
 
-    y = jnp.zeros((m, num_groups * b_out), jnp.float32)
-    y = jax.lax.fori_loop(0, nnz, body, y, unroll=config.unroll)
+    def make_body(s, first, group, count):
+        def body(i, y):
+            ops = [chunk_operands(s, first, group, count, i * batch + h) for h in range(batch)]
+            if batch == 1:
+                prods = [jnp.dot(ops[0][0], ops[0][1], preferred_element_type=jnp.float32)]
+            else:
+                stacked = jax.lax.dot_general(
+                    jnp.stack([o[0] for o in ops]),
+                    jnp.stack([o[1] for o in ops]),
+                    (((2,), (1,)), ((0,), (0,))),
+                    preferred_element_type=jnp.float32,
+                )
+                prods = [stacked[h] for h in range(batch)]
+            for (_, _, p0), prod in zip(ops, prods, strict=True):
+                for q in range(s):
+                    col = out_idx[jnp.minimum(p0 + q, nnz - 1)] * b_out
+                    cur = jax.lax.dynamic_slice_in_dim(y, col, b_out, axis=1)
+                    new = cur + prod[:, q * b_out : (q + 1) * b_out]
+                    y = jax.lax.dynamic_update_slice_in_dim(y, new, col, axis=1)
+            return y
+
+        return body
+
+    y = jnp.zeros((m, num_out * b_out), jnp.float32)
+    for s, first, group, count in chunk_tables(in_ptr, nnz, config.max_chunk):
+        steps = (count + batch - 1) // batch
+        y = jax.lax.fori_loop(0, steps, make_body(s, first, group, count), y)
     return y.astype(out_dtype)
 
 
 def sdd(
-    x: jax.Array,
-    dy: jax.Array,
-    rows: jax.Array,
-    cols: jax.Array,
+    x: Array,
+    dy: Array,
+    indptr: Array,
+    cols: Array,
     block_shape: tuple[int, int],
     *,
     out_dtype: jnp.dtype,
     config: XlaConfig = XlaConfig(),
-) -> jax.Array:
-    """(nnz, bk, bn) blocks of x^T @ dy at block positions (rows[t], cols[t]): dW on stored blocks only."""
-    bk, bn = block_shape
-    nnz = rows.shape[0]
+) -> Array:
+    """(nnz, bk, bn) blocks of x^T @ dy at the CSR positions (indptr, cols): dW on stored blocks only.
 
-    def body(t: jax.Array, out: jax.Array) -> jax.Array:
-        xb = jax.lax.dynamic_slice_in_dim(x, rows[t] * bk, bk, axis=1)
-        gb = jax.lax.dynamic_slice_in_dim(dy, cols[t] * bn, bn, axis=1)
-        blk = jax.lax.dot_general(
-            xb, gb, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
-        )
-        return jax.lax.dynamic_update_index_in_dim(out, blk.astype(out_dtype), t, axis=0)
+    Chunks of one block row share the x panel: ``panel^T (bk, M) @ [dy panels] (M, s * bn)`` per chunk.
+    """
+    bk, bn = block_shape
+    nnz = cols.shape[0]
+
+    def make_body(s, first, group):
+        def body(i, out):
+            p0 = first[i]
+            panel = jax.lax.dynamic_slice_in_dim(x, group[i] * bk, bk, axis=1)
+            dys = [
+                jax.lax.dynamic_slice_in_dim(dy, cols[jnp.minimum(p0 + q, nnz - 1)] * bn, bn, 1)
+                for q in range(s)
+            ]
+            wide = dys[0] if s == 1 else jnp.concatenate(dys, axis=1)
+            blk = jax.lax.dot_general(
+                panel, wide, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+            )
+            blk = blk.reshape(bk, s, bn).transpose(1, 0, 2).astype(out_dtype)
+            return jax.lax.dynamic_update_slice_in_dim(out, blk, p0, axis=0)
+
+        return body
 
     out = jnp.zeros((nnz, bk, bn), out_dtype)
-    return jax.lax.fori_loop(0, nnz, body, out, unroll=config.unroll)
+    for s, first, group, count in chunk_tables(indptr, nnz, config.max_chunk):
+        out = jax.lax.fori_loop(0, count, make_body(s, first, group), out)
+    return out

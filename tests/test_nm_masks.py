@@ -78,7 +78,7 @@ def test_configurable_axis():
         (lambda **kw: sj.ste(n=2, m=4, **kw), 16),
         (lambda **kw: sj.sr_ste(2, 4, **kw), 16),
         (lambda **kw: sj.pgf(2, 4, end_step=10, **kw), 16),
-        (lambda **kw: sj.pgf(2, 4, mode="sdgf", end_step=10, **kw), 32),  # frame 0 is 4:4
+        (lambda **kw: sj.pgf(2, 4, mode="sdgf", end_step=10, **kw), 24),  # first decay frame is 3:4
     ],
     ids=["ste", "sr_ste", "pgf_mdgf", "pgf_sdgf"],
 )
