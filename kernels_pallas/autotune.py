@@ -3,7 +3,7 @@
 ``tune`` times every candidate for the forward, dX and dW products of one problem (shape, block shape,
 block count, dtype) and stores the winners under a key that also names the device kind; ``lookup`` is
 what ``impl="auto"`` consults at trace time. Candidates: on GPU the Triton kernel's row tile, num_warps
-and num_stages; on TPU the row tile; everywhere the XLA path's loop unroll and plain dense.
+and num_stages; on TPU the row tile; everywhere the XLA path's chunk size and batch, and dense.
 
 Run it from the command line, e.g.
 ``python -m kernels_pallas.autotune --m 2048 --k 2048 --n 2048 --block 128 --density 0.1``.
@@ -114,7 +114,9 @@ def random_problem(m: int, shape, block_shape, nnz: int, dtype: Any, seed: int =
 
 def _candidates(platform: str, m: int) -> list[tuple[str, dict]]:
     """(impl, knobs) pairs to time on ``platform``."""
-    cands: list[tuple[str, dict]] = [("dense", {}), ("xla", {"unroll": 1}), ("xla", {"unroll": 2})]
+    cands: list[tuple[str, dict]] = [("dense", {})]
+    for chunk, batch in ((8, 2), (8, 1), (2, 2)):
+        cands.append(("xla", {"max_chunk": chunk, "batch": batch}))
     tms = [t for t in (32, 64, 128) if t <= max(m, 32)]
     if platform == "gpu":
         for tm, warps, stages in itertools.product(tms, (4, 8), (2, 3, 4)):
@@ -151,7 +153,7 @@ def tune(
             tm=knobs.get("tm", 128),
             num_warps=knobs.get("num_warps", 4),
             num_stages=knobs.get("num_stages", 2),
-            xla=ops.xla_path.XlaConfig(unroll=knobs.get("unroll", 1)),
+            xla=ops.xla_path.XlaConfig(knobs.get("max_chunk", 8), knobs.get("batch", 2)),
         )
         fns = {
             "fwd": jax.jit(lambda x, dy, w, p=plan: ops.grouped_product(p.fwd, p, x, w, False)),

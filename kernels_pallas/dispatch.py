@@ -24,16 +24,21 @@ log = logging.getLogger("kernels_pallas")
 
 IMPLS = ("auto", "xla", "pallas", "dense")
 
-# CPU cost model, in units of "one dense FLOP". Measured with benchmarks/block_sparse_matmul.py on a
-# 2-core Xeon (see docs/kernels.md): a b x b block GEMM with M rows runs at EFFICIENCY[b] of the dense
-# GEMM's FLOP rate, and each loop step costs a fixed overhead worth STEP_FLOPS dense FLOPs plus moving
-# its (M, b) panels. Sparse wins when its modeled time is below MARGIN x dense.
-_CPU_EFFICIENCY = {16: 0.08, 32: 0.25, 64: 0.5, 128: 0.7, 256: 0.8}
-_CPU_STEP_FLOPS = 2.0e6
-_CPU_PANEL_FLOPS_PER_ELEM = 24.0
-_SDD_PENALTY = 1.35  # the dW loop (M-long contractions into b x b) is slower than the grouped one
+# CPU cost model of the XLA path against jnp.dot, fitted to a sweep on the 2-core Xeon of
+# docs/kernels.md (M in {128, 512, 2048}, K = N = 2048, blocks 32/64/128, densities 5-50%).
+# One stored block costs STEP_S plus, per row of x, a GEMM part (2 bk bn flops at SMALL_GEMM_FLOPS)
+# and a memory part (panel slice and output update; strided rows of short blocks are slow), inflated
+# when blocks per panel r is small (chunks are then narrow): (1 + CHUNK_R / r).
+_STEP_S = 5e-6
+_SMALL_GEMM_FLOPS = 140e9
+_MEM_S_PER_ELEM_32 = 2.7e-9  # per row per block column at b = 32, scaling as (32 / b) ** 1.5
+_CHUNK_R = 0.8
+_FIXED_S_PER_OUT = 0.5e-9  # zero-init and write of the (M, N) f32 accumulator
+_DENSE_FLOPS = {128: 165e9}  # jnp.dot rate for small M (rows); 200e9 otherwise
+_SDD_FACTOR = {16: 0.65, 32: 0.65, 64: 1.35}  # dW loop vs grouped loop; 1.1 for larger blocks
+# Sparse must be modeled >= 15% faster than dense: keeps auto within 10% of dense near the crossover.
 MARGIN = 0.85
-# Pallas on accelerators: untested on hardware here, so stay conservative until autotuned.
+# Pallas on accelerators: not timed on hardware here, so stay conservative until autotuned.
 _ACCEL_MAX_DENSITY = 0.5
 
 
@@ -82,13 +87,24 @@ def check_shapes(family: str, block_shape: tuple[int, int], tm: int, dtype: Any)
         tpu.check_tpu_shapes(block_shape, tm, dtype)
 
 
-def _cpu_prefers_sparse(m: int, k: int, n: int, block_shape: tuple[int, int], nnz: int, sdd: bool):
+def cpu_model_seconds(
+    m: int, k: int, n: int, block_shape: tuple[int, int], nnz: int, sdd: bool = False
+) -> tuple[float, float]:
+    """(modeled XLA-path seconds, modeled jnp.dot seconds) of one product on the CPU."""
     bk, bn = block_shape
-    eff = _CPU_EFFICIENCY.get(min(bk, bn), 0.8 if min(bk, bn) > 256 else 0.05)
-    block_flops = 2.0 * m * bk * bn
-    step = block_flops / eff + _CPU_STEP_FLOPS + _CPU_PANEL_FLOPS_PER_ELEM * m * (bk + bn)
-    sparse = nnz * step * (_SDD_PENALTY if sdd else 1.0)
-    return sparse < MARGIN * 2.0 * m * k * n
+    b = (bk + bn) / 2
+    per_row = 2.0 * bk * bn / _SMALL_GEMM_FLOPS + _MEM_S_PER_ELEM_32 * (32 / b) ** 1.5 * b
+    blocks_per_panel = nnz / max(k // bk, 1)
+    per_row *= 1.0 + _CHUNK_R / max(blocks_per_panel, 1e-3)
+    factor = _SDD_FACTOR.get(min(bk, bn), 1.1) if sdd else 1.0
+    sparse = nnz * (_STEP_S + m * per_row) * factor + m * n * _FIXED_S_PER_OUT + 2e-4
+    dense = 2.0 * m * k * n / _DENSE_FLOPS.get(128 if m < 256 else 0, 200e9) + 1e-5
+    return sparse, dense
+
+
+def _cpu_prefers_sparse(m: int, k: int, n: int, block_shape, nnz: int, sdd: bool) -> bool:
+    sparse, dense = cpu_model_seconds(m, k, n, block_shape, nnz, sdd)
+    return sparse < MARGIN * dense
 
 
 def _auto_choice(op: str, m: int, k: int, n: int, block_shape, nnz: int, family: str) -> str:
@@ -97,6 +113,8 @@ def _auto_choice(op: str, m: int, k: int, n: int, block_shape, nnz: int, family:
     where = platform()
     if where in ("tpu", "gpu"):
         return f"pallas_{family}" if density <= _ACCEL_MAX_DENSITY else "dense"
+    if op == "dx":  # dY (m, N) @ W^T: panels are W's block columns
+        k, n, block_shape = n, k, block_shape[::-1]
     return "xla" if _cpu_prefers_sparse(m, k, n, block_shape, nnz, op == "dw") else "dense"
 
 
@@ -143,7 +161,7 @@ def make_plan(
             tm=tuned.get("tm", tm),
             num_warps=tuned.get("num_warps", 4),
             num_stages=tuned.get("num_stages", 2),
-            xla=XlaConfig(unroll=tuned.get("unroll", 1)),
+            xla=XlaConfig(tuned.get("max_chunk", 8), tuned.get("batch", 2)),
         )
     choice = {op: _auto_choice(op, m, k, n, block_shape, nnz, family) for op in ("fwd", "dx", "dw")}
     plan = Plan(choice["fwd"], choice["dx"], choice["dw"], **base)

@@ -27,12 +27,17 @@ def _pad_rows(a: jax.Array, tm: int) -> jax.Array:
 
 
 def grouped_product(
-    impl: str, plan: dispatch.Plan, x: jax.Array, w: BlockSparseMatrix, transpose: bool
+    impl: str,
+    plan: dispatch.Plan,
+    x: jax.Array,
+    w: BlockSparseMatrix,
+    transpose: bool,
+    dense_w: jax.Array | None = None,
 ) -> jax.Array:
-    """x @ W (transpose=False, groups = block columns) or x @ W^T (transpose=True, block rows)."""
+    """x @ W (transpose=False) or x @ W^T (transpose=True); ``dense_w`` reuses W's dense form."""
     out_dtype = dispatch.result_dtype(x, w.data)
     if impl == "dense":
-        wd = w.to_dense()
+        wd = w.to_dense() if dense_w is None else dense_w
         return jnp.dot(x, wd.T if transpose else wd, precision=plan.precision).astype(out_dtype)
     if impl == "xla":
         # The XLA path groups blocks by the panel of x they read: block rows of W for the forward
@@ -119,12 +124,15 @@ def bsmm(plan: dispatch.Plan, x: jax.Array, w: BlockSparseMatrix) -> jax.Array:
 
 
 def _bsmm_fwd(plan, x, w):
-    return bsmm(plan, x, w), (x, w)
+    # A dense plan densifies W once and keeps it for dX instead of scattering the blocks again.
+    dense_w = w.to_dense() if "dense" in (plan.fwd, plan.dx) else None
+    y = grouped_product(plan.fwd, plan, x, w, False, dense_w)
+    return y, (x, w, dense_w if plan.dx == "dense" else None)
 
 
 def _bsmm_bwd(plan, res, dy):
-    x, w = res
-    dx = grouped_product(plan.dx, plan, dy, w, transpose=True).astype(x.dtype)
+    x, w, dense_w = res
+    dx = grouped_product(plan.dx, plan, dy, w, True, dense_w).astype(x.dtype)
     dw = weight_grad(plan.dw, plan, x, dy, w)
     return dx, BlockSparseMatrix(dw, None, None, w.shape, w.block_shape)
 

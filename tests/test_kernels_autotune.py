@@ -25,11 +25,12 @@ def test_tune_caches_and_auto_uses_it(tmp_path, monkeypatch):
     assert autotune.lookup(**problem) == entry
 
     # auto follows the cached decision: force a choice and check the plan.
-    table[key].update(fwd="xla", dx="dense", dw="xla", unroll=2)
+    table[key].update(fwd="xla", dx="dense", dw="xla", max_chunk=2, batch=1)
     cache.write_text(json.dumps(table))
     autotune.clear_memory_cache()
     plan = dispatch.make_plan(16, (64, 64), (16, 16), 4, jnp.float32)
-    assert (plan.fwd, plan.dx, plan.dw, plan.xla.unroll) == ("xla", "dense", "xla", 2)
+    assert (plan.fwd, plan.dx, plan.dw) == ("xla", "dense", "xla")
+    assert (plan.xla.max_chunk, plan.xla.batch) == (2, 1)
     x, _, w = autotune.random_problem(16, (64, 64), (16, 16), 4, jnp.float32)
     np.testing.assert_allclose(
         np.asarray(block_sparse_matmul(x, w)), np.asarray(x @ w.to_dense()), atol=1e-4

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kernels_pallas import BlockSparseMatrix, block_sparse_matmul, compat, from_dense
-from kernels_pallas.testing import assert_matches, make_case
+from kernels_pallas.testing import CASES, assert_matches, make_case
 
 pytestmark = pytest.mark.xdist_group("kernels_pallas")
 
@@ -16,14 +16,14 @@ needs_interpret_params = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("case", ["random_empty_lines", "one_block", "rectangular"])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_tpu_kernel_interpret_true(case):
     x, w = make_case(case)
     assert_matches(x, w, 1e-5, impl="pallas", backend="tpu", interpret=True)
 
 
 @needs_interpret_params
-@pytest.mark.parametrize("case", ["random_empty_lines", "fully_dense"])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_tpu_kernel_interpret_params(case):
     # The TPU interpreter raises on non-consecutive revisits of an output block and poisons
     # uninitialized memory with NaN, so this also checks the schedule visits every block once.
@@ -31,16 +31,21 @@ def test_tpu_kernel_interpret_params(case):
     assert_matches(x, w, 1e-5, impl="pallas", backend="tpu", interpret=InterpretParams())
 
 
-@pytest.mark.parametrize("case", ["random_empty_lines", "fully_dense", "rectangular"])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_gpu_kernel_interpret(case):
     x, w = make_case(case)
     assert_matches(x, w, 1e-5, impl="pallas", backend="gpu", interpret=True)
 
 
-@pytest.mark.parametrize("backend", ["tpu", "gpu"])
-def test_bf16_kernels_interpret(backend):
+@pytest.mark.parametrize(
+    "backend,interpreter", [("tpu", "true"), ("tpu", "params"), ("gpu", "true")]
+)
+def test_bf16_kernels_interpret(backend, interpreter):
+    if interpreter == "params" and InterpretParams is None:
+        pytest.skip("this jax has no pltpu.InterpretParams")
+    interpret = True if interpreter == "true" else InterpretParams()
     x, w = make_case("random_empty_lines", jnp.bfloat16)
-    assert_matches(x, w, 3e-2, impl="pallas", backend=backend, interpret=True)
+    assert_matches(x, w, 3e-2, impl="pallas", backend=backend, interpret=interpret)
 
 
 def _export_problem(block=128, dtype=jnp.float32):
