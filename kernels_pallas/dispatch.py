@@ -161,7 +161,7 @@ def make_plan(
             tm=tuned.get("tm", tm),
             num_warps=tuned.get("num_warps", 4),
             num_stages=tuned.get("num_stages", 2),
-            xla=XlaConfig(tuned.get("max_chunk", 8), tuned.get("batch", 2)),
+            xla=XlaConfig(tuned.get("max_chunk", 8), tuned.get("batch", 1)),
         )
     choice = {op: _auto_choice(op, m, k, n, block_shape, nnz, family) for op in ("fwd", "dx", "dw")}
     plan = Plan(choice["fwd"], choice["dx"], choice["dw"], **base)

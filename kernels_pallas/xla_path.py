@@ -5,11 +5,10 @@ they read (a block row of W for y = x @ W, a block column for dX = dY @ W^T). Ea
 chunks of exact power-of-two sizes (binary decomposition: 11 blocks -> 8 + 2 + 1), so there is no
 padding and every chunk is one wide GEMM ``panel (M, b) @ [its blocks side by side] (b, s * b')``:
 one panel copy per chunk and GEMM widths that run near dense efficiency. One ``fori_loop`` per chunk
-size (trip counts are data-dependent, shapes are not), ``batch`` chunks per step as one batched
-dot_general (gives the CPU runtime independent work for both cores), and each output block is
-accumulated into the (M, N) f32 result with an in-place dynamic-update-slice. Gathers of x for wider
-contractions, one batched dot over all blocks plus a segment sum, transposed outputs, per-column
-carries and splitting M all measured slower.
+size (trip counts are data-dependent, shapes are not), optionally ``batch`` chunks per step as one
+batched dot_general, and each output block is accumulated into the (M, N) f32 result with an in-place
+dynamic-update-slice. Gathers of x for wider contractions, one batched dot over all blocks plus a
+segment sum, transposed outputs, per-column carries and splitting M all measured slower.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ class XlaConfig:
     """Tunable knobs of the XLA path (see ``autotune``)."""
 
     max_chunk: int = 8  # largest chunk (a power of two); chunks of max_chunk, ..., 2, 1 blocks
-    batch: int = 2  # chunks per loop step, computed as one batched dot_general
+    batch: int = 1  # chunks per loop step, as one batched dot_general (2 helps some shapes)
 
 
 def _sizes(max_chunk: int) -> tuple[int, ...]:
