@@ -13,7 +13,6 @@ published ordering whether it reproduced), ``reproduce.json`` and ``reproduce.pn
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,7 +29,7 @@ import sparsejax as sj
 from experiments import sources
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reproduce_report import NM, PATTERNS, SPARSITIES, UNSTRUCTURED, markdown, plot  # noqa: E402
+from reproduce_report import NM, PATTERNS, SPARSITIES, UNSTRUCTURED, write  # noqa: E402
 
 
 class MLP(nn.Module):
@@ -192,17 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {
         "quick": args.quick, "core": args.core, "models": args.models, "steps": steps, "seeds": seeds, "batch": args.batch, "lr": args.lr,
         "seconds": time.perf_counter() - t0, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "jax": jax.__version__, "backend": jax.default_backend(),
+        "jax": jax.__version__, "backend": jax.default_backend(), "tag": args.tag,
     }  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
     stem = "reproduce" + ("_quick" if args.quick else "") + args.tag
-    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
-        json.dump({"meta": meta, "records": records}, f, indent=1)
-    report = markdown(records, meta)
-    with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
-        f.write(report)
-    plot(records).savefig(os.path.join(args.out, f"{stem}.png"), dpi=110)
-    print(report)
+    print(write(os.path.join(args.out, stem), {"meta": meta, "records": records}))
     return {"meta": meta, "records": records}
 
 

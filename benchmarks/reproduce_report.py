@@ -1,11 +1,18 @@
 """The report of ``benchmarks/reproduce.py``: mean +- std tables, the published orderings' verdicts, a plot.
 
 Pure functions of the run records (``{"model", "algorithm", "level", "accuracy": [per seed], ...}``), so
-the report can be rebuilt from ``reproduce*.json`` without training.
+the report can be rebuilt from ``reproduce*.json`` without training; several runs (one per model, say)
+merge into one report, with a verdict column per model:
+
+    python benchmarks/reproduce_report.py results/reproduce_mlp.json results/reproduce_cnn.json \\
+        [--out benchmarks/results/reproduce]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 from typing import Any
 
 import numpy as np
@@ -105,29 +112,63 @@ def _table(records: list[dict[str, Any]], algos: tuple[str, ...], levels: tuple)
     return lines
 
 
-def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The report: set-up, two mean +- std tables (held-out accuracy, %), and the orderings' verdicts."""
+def _command(m: dict[str, Any]) -> str:
+    """The command line that produced a run, rebuilt from its meta."""
+    flags = {"--models": m["models"], "--quick": m["quick"], "--core": m["core"], "--steps": m["steps"],
+             "--seeds": m["seeds"], "--batch": m["batch"] != 128 and m["batch"],
+             "--lr": m["lr"] != 0.05 and m["lr"], "--tag": m.get("tag")}  # fmt: skip
+    return "python benchmarks/reproduce.py" + "".join(
+        f" {k}" + ("" if v is True else f" {v}") for k, v in flags.items() if v
+    )
+
+
+def _setup(meta: dict[str, Any] | list[dict[str, Any]], models: list[str]) -> str:
+    """The set-up sentence: of the one run, or of each merged run (its models, budget, time, command)."""
+
+    def budget(m):
+        return (f"{m['steps']} steps of batch {m['batch']} (~{m['steps'] * m['batch'] / 4000:.0f} epochs), "
+                f"SGD momentum 0.9, lr {m['lr']} cosine, {m['seeds']} seed(s) per cell")  # fmt: skip
+
+    def where(m):
+        return (f"{'quick mode, ' if m['quick'] else ''}{m['seconds']:.0f} s on {m['machine']} "
+                f"({m['backend']}, jax {m['jax']})")  # fmt: skip
+
+    head = "mnist5k (4,000 train / 1,000 held-out digits), "
+    if isinstance(meta, dict):
+        return (f"{head}{budget(meta)} (init, mask and data order all vary), {where(meta)}. Models: "
+                + " and ".join(DESCRIPTIONS[m] for m in models) + ".")  # fmt: skip
+    runs = [
+        f"{' and '.join(DESCRIPTIONS[x] for x in m['models'].split(','))}: {budget(m)}"
+        + (", 90% and 1:8 only, no GMP/GraNet" if m["core"] else "")
+        + f", {where(m)}; `{m['source']}` from `{_command(m)}`"
+        for m in meta
+    ]
+    return head + "seeds vary init, mask and data order. Merged runs: " + ". ".join(runs) + "."
+
+
+def markdown(records: list[dict[str, Any]], meta: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """The report: set-up, two mean +- std tables (held-out accuracy, %), and the orderings' verdicts
+    (one column per model when there are several). ``meta``: the run's, or a list of merged runs'."""
+    models = list(dict.fromkeys(r["model"] for r in records))
     lines = [
         "# Small-scale reproduction of the papers' orderings (`benchmarks/reproduce.py`)", "",
-        f"mnist5k (4,000 train / 1,000 held-out digits), {meta['steps']} steps of batch {meta['batch']} "
-        f"(~{meta['steps'] * meta['batch'] / 4000:.0f} epochs), SGD momentum 0.9, lr {meta['lr']} cosine, "
-        f"{meta['seeds']} seed(s) per cell (init, mask and data order all vary), "
-        f"{'quick mode, ' if meta['quick'] else ''}{meta['seconds']:.0f} s on {meta['machine']} "
-        f"({meta['backend']}, jax {meta['jax']}). Models: "
-        + " and ".join(DESCRIPTIONS[m] for m in dict.fromkeys(r["model"] for r in records))
-        + ". Masks update every steps/30 steps until 75% of "
+        _setup(meta, models) + " Masks update every steps/30 steps until 75% of "
         "training (drop fraction 0.3, cosine); SET, RigL, GraNet and static-ERK use ERK, GMP uniform; "
         "GMP and GraNet prune from 10% to 75% of training; N:M leaves whose grouped axis M does not "
         "divide stay dense (the CNN's first conv, 1 input channel); PGF decays linearly to 0 at 75%.",
         "", "Held-out accuracy (%), mean ± std over seeds:", "",
     ]  # fmt: skip
     lines += _table(records, UNSTRUCTURED, SPARSITIES) + [""] + _table(records, NM, PATTERNS)
-    lines += ["", "## Published orderings at this scale", "", "| claim | verdict | cases (means) |",
-              "| --- | --- | --- |"]  # fmt: skip
-    checks = check_orderings(records)
-    for c in checks:
-        lines.append(f"| {c['claim']} | {c['verdict']} | {'; '.join(c['cases'])} |")
-    breaks = [b for c in checks for b in c["clear_breaks"]]
+    cols = ["verdict"] if len(models) == 1 else [f"verdict ({m})" for m in models]
+    lines += ["", "## Published orderings at this scale", "",
+              "| claim | " + " | ".join(cols) + " | cases (means) |", "| --- |" + " --- |" * (len(cols) + 1)]  # fmt: skip
+    per = [check_orderings([r for r in records if r["model"] == m]) for m in models]
+    breaks = []
+    for i, (claim, _, _) in enumerate(ORDERINGS):
+        cases = [case for checks in per for case in checks[i]["cases"]]
+        breaks += [b for checks in per for b in checks[i]["clear_breaks"]]
+        verdicts = " | ".join(checks[i]["verdict"] for checks in per)
+        lines.append(f"| {claim} | {verdicts} | {'; '.join(cases)} |")
     lines += ["", "Breaks larger than 2 standard errors of the difference: " + ("; ".join(breaks) or "none") + ".",
               "Other breaks are within seed noise at this scale.", ""]  # fmt: skip
     return "\n".join(lines)
@@ -150,13 +191,56 @@ def plot(records: list[dict[str, Any]]):
                 s = 0.0 if lv is None else 1 - lv[0] / lv[1] if isinstance(lv, list) else lv
                 a = np.asarray(r["accuracy"])
                 pts.append(
-                    {
-                        "algorithm": r["algorithm"],
-                        "sparsity": s,
-                        "accuracy": a.mean(),
-                        "std": a.std(),
-                    }
+                    dict(algorithm=r["algorithm"], sparsity=s, accuracy=a.mean(), std=a.std())
                 )
             name = "unstructured" if family is UNSTRUCTURED else "N:M (2:4, 1:4, 1:8)"
             viz.plot_accuracy_vs_sparsity(pts, ax=ax, title=f"{model}: {name}")
     return fig
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+    """``reproduce*.json`` files as one result: every run's meta (with its ``source`` file) and the
+    records, a later file's (model, algorithm, level) replacing an earlier one's."""
+    runs, by = [], {}
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        runs += [
+            dict(m, source=m.get("source", os.path.basename(path)))
+            for m in d.get("runs", [d.get("meta")])
+        ]
+        by.update({(r["model"], r["algorithm"], _key(r["level"])): r for r in d["records"]})
+    return {"runs": runs, "records": list(by.values())}
+
+
+def write(stem: str, result: dict[str, Any]) -> str:
+    """``stem.json``, ``stem.md`` (keeping a hand-written ``## Notes`` section already there) and
+    ``stem.png``; returns the generated report."""
+    with open(f"{stem}.json", "w") as f:
+        json.dump(result, f, indent=1)
+    report, notes = markdown(result["records"], result.get("meta") or result["runs"]), ""
+    if os.path.exists(f"{stem}.md"):
+        with open(f"{stem}.md") as f:
+            old = f.read()
+        notes = "\n" + old[old.index("\n## Notes") + 1 :] if "\n## Notes" in old else ""
+    with open(f"{stem}.md", "w") as f:
+        f.write(report + notes)
+    plot(result["records"]).savefig(f"{stem}.png", dpi=110)
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(
+        description="Merge reproduce*.json files into one report (no training)."
+    )
+    ap.add_argument("inputs", nargs="+", help="reproduce*.json files, e.g. one per model")
+    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "reproduce")
+    ap.add_argument("--out", default=default, help="output stem (writes <out>.md/.json/.png)")
+    args = ap.parse_args(argv)
+    result = merge(args.inputs)
+    print(write(args.out, result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -50,3 +50,19 @@ def test_reproduce_quick(tmp_path):
         "| ERK >= uniform" in report and "not run" in report
     )  # static-uniform is not in quick mode
     assert os.path.getsize(tmp_path / "reproduce_quick.png") > 10_000
+
+    # Merging runs (one per model, say) into one report: a verdict column per model, hand notes kept.
+    cnn = [dict(r, model="cnn") for r in records]
+    (tmp_path / "cnn.json").write_text(
+        json.dumps({"meta": dict(result["meta"], models="cnn"), "records": cnn})
+    )
+    (tmp_path / "merged.md").write_text("old report\n\n## Notes\n\n- by hand\n")
+    cmd = [sys.executable, "benchmarks/reproduce_report.py", str(tmp_path / "reproduce_quick.json"),
+           str(tmp_path / "cnn.json"), f"--out={tmp_path / 'merged'}"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    merged = (tmp_path / "merged.md").read_text()
+    assert "| claim | verdict (mlp) | verdict (cnn) | cases (means) |" in merged
+    assert "| mlp | rigl |" in merged and "| cnn | rigl |" in merged and "cnn 1:8: " in merged
+    assert "old report" not in merged and merged.endswith("## Notes\n\n- by hand\n")
+    assert len(json.loads((tmp_path / "merged.json").read_text())["runs"]) == 2
