@@ -34,10 +34,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer.label_smoothing = 0.0
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "lenet"  # mlp | lenet | resnet20 | resnet18 | wrn22_2 | resnet50 | vit_tiny
+    # mlp | block_mlp | lenet | resnet20 | resnet18 | wrn22_2 | resnet50 | vit_tiny | transformer_lm
+    config.model.name = "lenet"
     # Every model's keys, None meaning "that model's default" (so any of them can be set from the CLI).
     m = config.model
-    m.hidden = config_dict.placeholder(tuple)  # mlp: hidden widths
+    m.hidden = config_dict.placeholder(tuple)  # mlp, block_mlp: hidden widths
     m.width_multiplier = config_dict.placeholder(int)  # lenet
     m.width = config_dict.placeholder(int)  # resnets: first-stage channels; wrn: before widening
     m.stage_sizes = config_dict.placeholder(tuple)  # resnets: blocks per stage
@@ -51,6 +52,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.num_heads = config_dict.placeholder(int)  # vit
     m.mlp_dim = config_dict.placeholder(int)  # vit, transformer_lm
     m.tie_embeddings = config_dict.placeholder(bool)  # transformer_lm
+    m.block_size = config_dict.placeholder(int)  # block_mlp: square block edge of the sparse layers
+    m.density = config_dict.placeholder(float)  # block_mlp: block density, 1 - sparsity.sparsity
+    m.impl = config_dict.placeholder(str)  # block_mlp: auto | xla | pallas | dense
+    m.dense_weight_grad = config_dict.placeholder(bool)  # block_mlp: dense kernel grads (RigL)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = (

@@ -88,6 +88,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
     tx = sj.sparsify(inner, algo)
     # Masks are created here, so an N:M shape error surfaces before the train step compiles.
     state = steps.init_state(model, tx, pipeline.image_shape, config.seed)
+    models.check_masks(model, sj.masks_of(state["opt_state"]))  # e.g. block_mlp: nnz == mask blocks
 
     os.makedirs(os.path.join(workdir, "masks"), exist_ok=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)

@@ -87,5 +87,6 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None) -> None
     optim.check(_get(config, "optimizer"), config.num_steps)
     models.check(_get(config, "model"))
     _get(config, "sparsity")
+    models.check_config(config)
     if workdir is not None:
         check_workdir(workdir)

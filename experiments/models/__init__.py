@@ -4,18 +4,21 @@ Every model is a dataclass whose fields are its config keys (``config.model.<fie
 ``num_classes`` (taken from the dataset), and is applied as ``model.apply(variables, x, train=...)``.
 ``configs/base.py`` declares every model key as a placeholder; ``None`` means the model's own default.
 Adding a model is one new file plus one line in ``MODELS`` (plus placeholders for new keys in base.py).
+A model's module may also define ``check_config(config)`` (checks across config sections, run by
+``experiments.validate`` before any compile) and ``check_masks(model, masks)`` (run on the initial masks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
 
 from experiments.errors import ConfigError
-from experiments.models import lenet, mlp, resnet, transformer_lm, vit
+from experiments.models import block_mlp, lenet, mlp, resnet, transformer_lm, vit
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": mlp.MLP,
@@ -26,6 +29,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet50": resnet.ResNet50,
     "vit_tiny": vit.ViTTiny,
     "transformer_lm": transformer_lm.TransformerLM,
+    "block_mlp": block_mlp.BlockMLP,
 }
 
 # Flax's own dataclass fields, never config keys (`name` is the registry key in the config).
@@ -63,3 +67,20 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
         k: v for k, v in model_config.items() if k in accepted and v is not None
     }
     return MODELS[model_config.name](num_classes=num_classes, **kwargs)
+
+
+def _hook(cls: type[nn.Module], name: str):
+    """The optional function ``name`` of the module that defines model class ``cls`` (or None)."""
+    return getattr(importlib.import_module(cls.__module__), name, None)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Run the chosen model's ``check_config(config)`` (e.g. model vs sparsity settings), if any."""
+    if (hook := _hook(MODELS[config.model.name], "check_config")) is not None:
+        hook(config)
+
+
+def check_masks(model: nn.Module, masks: Any) -> None:
+    """Run the model's ``check_masks(model, masks)`` on the initial masks (``sj.masks_of``), if any."""
+    if (hook := _hook(type(model), "check_masks")) is not None:
+        hook(model, masks)
