@@ -113,10 +113,12 @@ def _table(records: list[dict[str, Any]], algos: tuple[str, ...], levels: tuple)
 
 
 def _command(m: dict[str, Any]) -> str:
-    """The command line that produced a run, rebuilt from its meta."""
+    """The command line that produced a run, rebuilt from its meta (the tag from its file if not there)."""
+    source = os.path.splitext(m.get("source", ""))[0]
+    tag = m.get("tag", source.removeprefix("reproduce").removeprefix("_quick"))
     flags = {"--models": m["models"], "--quick": m["quick"], "--core": m["core"], "--steps": m["steps"],
              "--seeds": m["seeds"], "--batch": m["batch"] != 128 and m["batch"],
-             "--lr": m["lr"] != 0.05 and m["lr"], "--tag": m.get("tag")}  # fmt: skip
+             "--lr": m["lr"] != 0.05 and m["lr"], "--tag": tag}  # fmt: skip
     return "python benchmarks/reproduce.py" + "".join(
         f" {k}" + ("" if v is True else f" {v}") for k, v in flags.items() if v
     )
