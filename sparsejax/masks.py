@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from sparsejax.selection import ConfigError, path_str
-from sparsejax.topk import topk_mask
+from sparsejax.topk import count_true, topk_mask
 
 PyTree = Any
 Array = jax.Array
@@ -106,6 +106,8 @@ def magnitude_mask(
     w: Array, k: int | Array, block: Block = None, key: Array | None = None
 ) -> Array:
     """The ``k`` units of largest magnitude (ties broken randomly if ``key`` is given)."""
+    if block is None:
+        return topk_mask(w, k, key=key, magnitude=True)
     scores = to_blocks(jnp.square(w.astype(jnp.float32)), block)
     return from_blocks(topk_mask(scores, k, key=key), block)
 
@@ -184,7 +186,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 
 def count_active(masks: PyTree) -> Array:
     """Total number of active weights over sparsified leaves (int32 scalar)."""
-    return sum((jnp.sum(m, dtype=jnp.int32) for m in sparse_leaves(masks)), jnp.int32(0))
+    return sum((count_true(m) for m in sparse_leaves(masks)), jnp.int32(0))
 
 
 def union(a: PyTree, b: PyTree) -> PyTree:

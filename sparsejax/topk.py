@@ -15,11 +15,16 @@ PRNG key the tie order is random, and without a PRNG key it is index order. The 
 Several arrays can be searched in one loop, either jointly (one threshold: global pruning) or as
 independent groups (one threshold per leaf): a whole network's per-leaf top-k costs two loops, not two
 per leaf, which keeps compile times short.
+
+Memory: no key array is ever stored. Keys (``|w|`` for ``magnitude=True``, so no ``abs`` copy either),
+tie keys and tie sets are recomputed inside each loop step from the inputs, and counts go through
+:func:`count_true`; a top-k over a leaf needs only small temporaries besides its output mask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,69 +34,105 @@ Array = jax.Array
 _SIGN = jnp.uint32(0x80000000)
 
 
-def ordered_key(scores: Array) -> Array:
+def _bits(x: Array, salt: Array | int) -> Array:
+    # Adding ``salt`` (a traced 0 inside loops) before any other op keeps XLA's loop-invariant code
+    # motion from hoisting the key computation, which would store a leaf-sized key array. (It turns
+    # -0.0 into +0.0: equal values, equal keys.)
+    x = x + jnp.asarray(salt, x.dtype) if isinstance(salt, jax.Array) else x
+    return jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+
+
+def ordered_key(scores: Array, salt: Array | int = 0) -> Array:
     """Maps float scores to uint32 keys with the same order (negative values and infinities included)."""
-    bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+    bits = _bits(scores, salt)
     negative = (bits & _SIGN) != 0
     return jnp.where(negative, ~bits, bits | _SIGN)
 
 
+def magnitude_key(x: Array, salt: Array | int = 0) -> Array:
+    """uint32 keys ordered like ``|x|``: the float bits without the sign bit."""
+    return _bits(x, salt) & ~_SIGN
+
+
+def _chunk(n: int) -> int:
+    return max(c for c in range(1, min(n, 32) + 1) if n % c == 0)
+
+
+def count_true(pred: Array) -> Array:
+    """Number of True entries (int32).
+
+    XLA on CPU rewrites a large reduction into a tree of reduce-windows and stores its (converted)
+    input in full: a plain int32 sum of a bool leaf costs a leaf-sized int32 buffer. Rows of at most 32
+    are reduced inside the producing fusion instead, so we sum chunks of <= 32 along the last axis first
+    (keeping any sharding of the leading axes) and only the 1/32-sized partial sums are stored.
+    """
+    if pred.ndim == 0 or pred.size < 4096:
+        return jnp.sum(pred, dtype=jnp.int32)
+    c = _chunk(pred.shape[-1])
+    if c < 8 and pred.size % 32 == 0:  # odd last axis (prime, 1): chunk the flattened array instead
+        pred, c = pred.reshape(-1, 32), 32
+    chunks = pred.reshape(*pred.shape[:-1], pred.shape[-1] // c, c)
+    # uint8 partial sums (<= 32): with int32 XLA would merge the two reductions back into one.
+    return jnp.sum(jnp.sum(chunks, axis=-1, dtype=jnp.uint8), dtype=jnp.int32)
+
+
 def _bisect(
-    keys: Sequence[Array], eligible: Sequence[Array], groups: Sequence[int], k: Array
-) -> Array:
-    """Per group ``g``: the largest uint32 ``t`` with ``count(key >= t) >= k[g]`` over its arrays."""
+    selected: Callable[[int, Array, Array], Array],
+    groups: Sequence[int],
+    k: Array,
+) -> tuple[Array, Array]:
+    """Per group ``g``: a uint32 ``t`` with ``count(selected(i, t, 0)) >= k[g]`` over its arrays, and
+    that count (int32 max if no step tested ``t`` itself: then ``t = 0``).
+
+    ``t`` has exactly ``k`` selected positions when such a ``t`` exists (the search stops at the first
+    one it meets, usually well before 32 steps), else it is the largest ``t`` with more. ``selected(i,
+    t, salt)`` is array ``i``'s eligible positions with key ``>= t``; ``salt`` is a uint32 zero that
+    depends on the loop state, so XLA cannot hoist the key computation out of the loop (which would
+    store a leaf-sized key array for the whole search).
+    """
     num_groups = k.shape[0]
 
-    def counts(t: Array) -> Array:
-        per = [jnp.int32(0)] * num_groups
-        for key, e, g in zip(keys, eligible, groups):
-            per[g] = per[g] + jnp.sum((key >= t[g]) & e, dtype=jnp.int32)
-        return jnp.stack(per)
-
-    def body(_, bounds):
-        lo, hi = bounds
+    def body(state):
+        lo, hi, count, step = state
+        salt = jax.lax.convert_element_type(step, jnp.uint32) >> 31  # 0, as step < 33
         mid = lo + (hi - lo) // 2 + (hi - lo) % 2  # ceil((hi - lo) / 2), no uint32 overflow
-        ok = counts(mid) >= k
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+        per = [jnp.int32(0)] * num_groups
+        for a, g in enumerate(groups):
+            per[g] = per[g] + count_true(selected(a, mid[g], salt))
+        per = jnp.stack(per)
+        ok, done = per >= k, lo >= hi
+        new_lo = jnp.where(ok & ~done, mid, lo)
+        new_hi = jnp.where(done, hi, jnp.where(per == k, mid, jnp.where(ok, hi, mid - 1)))
+        return new_lo, new_hi, jnp.where(ok & ~done, per, count), step + 1
 
     lo = jnp.zeros((num_groups,), jnp.uint32)
     hi = jnp.full((num_groups,), 0xFFFFFFFF, jnp.uint32)
-    return jax.lax.fori_loop(0, 32, body, (lo, hi))[0]
-
-
-def _unique_keys(shapes: Sequence[tuple[int, ...]], key: Array | None) -> list[Array]:
-    """Distinct uint32 keys for every position of every array (random order if ``key`` is given)."""
-    if key is None:
-        a, b = jnp.uint32(0xFFFFFFFF), jnp.uint32(0xFFFFFFFF)  # b - index: lower index wins
-    else:
-        a, b = jax.random.bits(key, (2,), jnp.uint32)
-        a = a | jnp.uint32(1)
-    out, offset = [], 0
-    for shape in shapes:
-        size = 1
-        for d in shape:
-            size *= d
-        idx = jax.lax.iota(jnp.uint32, size).reshape(shape) + jnp.uint32(offset)
-        out.append(idx * a + b)
-        offset += size
-    return out
+    count = jnp.full((num_groups,), jnp.iinfo(jnp.int32).max, jnp.int32)
+    state = (lo, hi, count, jnp.int32(0))
+    lo, _, count, _ = jax.lax.while_loop(lambda s: jnp.any(s[0] < s[1]), body, state)
+    return lo, count
 
 
 def topk_masks(
-    scores: Sequence[Array],
+    scores: Sequence[Array | None],
     k: Array | int | Sequence[Array | int],
     eligible: Sequence[Array] | None = None,
     key: Array | None = None,
     groups: Sequence[int] | None = None,
+    magnitude: bool = False,
+    ineligible: Sequence[Array] | None = None,
 ) -> list[Array]:
     """Boolean masks of the largest scores, over several arrays at once.
 
     Args:
-      scores: float arrays (any shapes); larger wins.
+      scores: float arrays (any shapes); larger wins. ``None`` entries mean "all equal": a uniformly
+        random choice with ``key`` (shape taken from ``eligible`` or ``ineligible``).
       k: winners per group (one value, or one per group; Python ints or traced scalars).
       eligible: optional bool arrays; only eligible positions can win.
       key: optional PRNG key making the order among equal scores random.
       groups: group id of each array (``0..G-1``); default: all arrays form one group (joint top-k).
+      magnitude: rank by ``|score|`` (computed on the fly, no copy of the scores).
+      ineligible: optional bool arrays of positions that cannot win (saves storing ``~mask``).
 
     Returns:
       One bool mask per array; group ``g`` has exactly ``min(k[g], #eligible in g)`` True values.
@@ -99,35 +140,80 @@ def topk_masks(
     groups = [0] * len(scores) if groups is None else list(groups)
     num_groups = max(groups) + 1 if groups else 1
     k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (num_groups,))
-    if eligible is None:
-        eligible = [jnp.ones(s.shape, bool) for s in scores]
-    keys = [ordered_key(s) for s in scores]
-    t = _bisect(keys, eligible, groups, k)
-    above = [(kk > t[g]) & e for kk, e, g in zip(keys, eligible, groups)]
-    ties = [(kk == t[g]) & e for kk, e, g in zip(keys, eligible, groups)]
-    taken = [jnp.int32(0)] * num_groups
-    for a, g in zip(above, groups):
-        taken[g] = taken[g] + jnp.sum(a, dtype=jnp.int32)
-    remaining = k - jnp.stack(taken)
-    tied = [jnp.int32(0)] * num_groups
-    for tie, g in zip(ties, groups):
-        tied[g] = tied[g] + jnp.sum(tie, dtype=jnp.int32)
-    unique = _unique_keys([s.shape for s in scores], key)
-    # Continuous scores rarely tie at the threshold: then every tie is a winner and the second
-    # bisection (t2 = 0 selects all ties) is skipped at run time.
-    t2 = jax.lax.cond(
-        jnp.any(jnp.stack(tied) > remaining),
-        lambda: _bisect(unique, ties, groups, remaining),
-        lambda: jnp.zeros((num_groups,), jnp.uint32),
+    to_key = magnitude_key if magnitude else ordered_key
+    like = [next(x[i] for x in (scores, eligible, ineligible) if x is not None and x[i] is not None)
+            for i in range(len(scores))]  # fmt: skip
+    shapes = [jnp.shape(x) for x in like]
+
+    def ok(i: int, salt: Array | int = 0) -> Array:
+        out = True if eligible is None else eligible[i]
+        if ineligible is not None:  # salted like the keys, so ``~ineligible`` is never stored
+            out = out & ~(ineligible[i] ^ (salt != 0))
+        return out
+
+    def key_of(i: int, salt: Array | int = 0) -> Array:
+        if scores[i] is None:
+            return jnp.zeros(shapes[i], jnp.uint32)  # a broadcast constant: never stored
+        return to_key(scores[i], salt)
+
+    if all(s is None for s in scores):  # only the random tie order decides
+        t = jnp.zeros((num_groups,), jnp.uint32)
+        at_least_t = jnp.full((num_groups,), jnp.iinfo(jnp.int32).max, jnp.int32)
+    else:
+        t, at_least_t = _bisect(
+            lambda i, th, salt: (key_of(i, salt) >= th) & ok(i, salt), groups, k
+        )
+
+    if key is None:
+        a, b = jnp.uint32(0xFFFFFFFF), jnp.uint32(0xFFFFFFFF)  # b - index: lower index wins
+    else:
+        a, b = jax.random.bits(key, (2,), jnp.uint32)
+        a = a | jnp.uint32(1)
+    offsets = [0]
+    for shape in shapes[:-1]:
+        offsets.append(offsets[-1] + math.prod(shape))
+
+    def unique(i: int, salt: Array | int = 0) -> Array:
+        # Flat index from per-axis iotas, each salted first (see ``_bits``): a hoisted index
+        # computation would be a leaf-sized uint32 array.
+        shape, idx, stride = shapes[i], jnp.uint32(offsets[i]), 1
+        for d in reversed(range(len(shape))):
+            axis = jax.lax.broadcasted_iota(jnp.uint32, shape, d) ^ jnp.uint32(salt)
+            idx, stride = idx + axis * jnp.uint32(stride), stride * shape[d]
+        return idx * a + b
+
+    def tie(i: int, salt: Array | int = 0) -> Array:
+        return (key_of(i, salt) == t[groups[i]]) & ok(i, salt)
+
+    def break_ties() -> tuple[Array, Array]:
+        taken = [jnp.int32(0)] * num_groups
+        for i, g in enumerate(groups):
+            taken[g] = taken[g] + count_true((key_of(i) > t[g]) & ok(i))
+        remaining = k - jnp.stack(taken)
+        unique_tie = lambda i, th, salt: (unique(i, salt) >= th) & tie(i, salt)  # noqa: E731
+        return _bisect(unique_tie, groups, remaining)[0], remaining
+
+    # Continuous scores rarely tie at the threshold: then ``count(key >= t) <= k``, every tie wins
+    # (t2 = 0) and the tie-breaking search is skipped at run time.
+    t2, remaining = jax.lax.cond(
+        jnp.any(at_least_t > k), break_ties, lambda: (jnp.zeros((num_groups,), jnp.uint32), k)
     )
-    return [
-        a | (tie & (u >= t2[g]) & (remaining[g] > 0))
-        for a, tie, u, g in zip(above, ties, unique, groups)
-    ]
+    out = []
+    for i, g in enumerate(groups):
+        kk = key_of(i)
+        win = (kk > t[g]) | ((kk == t[g]) & (unique(i) >= t2[g]) & (remaining[g] > 0))
+        out.append(win & ok(i))
+    return out
 
 
 def topk_mask(
-    scores: Array, k: Array | int, eligible: Array | None = None, key: Array | None = None
+    scores: Array,
+    k: Array | int,
+    eligible: Array | None = None,
+    key: Array | None = None,
+    magnitude: bool = False,
 ) -> Array:
     """Boolean mask of the ``k`` largest entries of one array (see :func:`topk_masks`)."""
-    return topk_masks([scores], k, None if eligible is None else [eligible], key)[0]
+    return topk_masks([scores], k, None if eligible is None else [eligible], key, None, magnitude)[
+        0
+    ]

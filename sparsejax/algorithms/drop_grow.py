@@ -2,8 +2,9 @@
 
 Algorithms differ only in their scores (``|w|`` to drop; ``|g|`` or nothing (random) to grow) and in how
 many units move; these functions do the rest, at element or block granularity, with exact counts (see
-``topk``). All leaves are searched in one bisection loop (one group per leaf). Scores are squared
-magnitudes: the same order as ``|x|``, and the squared L2 norm of a tile for block masks.
+``topk``). All leaves are searched in one bisection loop (one group per leaf). Element scores are the
+raw weights or gradients ranked by ``|x|`` inside the search (no score copy); block scores are the
+squared L2 norms of the tiles.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 from sparsejax import masks as mk
 from sparsejax.core import MaskUpdate
 from sparsejax.masks import Block
-from sparsejax.topk import topk_masks
+from sparsejax.topk import count_true, topk_masks
 
 PyTree = Any
 Array = jax.Array
@@ -30,8 +31,9 @@ def _sparse(masks: PyTree, *trees: PyTree) -> tuple[list[int], list, Any, list[l
     return idx, flat_m, treedef, [[lv[i] for i in idx] for lv in leaves]
 
 
-def _square(x: Array, block: Block) -> Array:
-    return mk.to_blocks(jnp.square(x.astype(jnp.float32)), block)
+def _score(x: Array, block: Block) -> Array:
+    """What ``topk_masks(..., magnitude=True)`` ranks: ``x`` itself, or the squared norm per block."""
+    return x if block is None else mk.to_blocks(jnp.square(x.astype(jnp.float32)), block)
 
 
 def _rebuild(flat_m: list, treedef: Any, idx: list[int], new: list[Array], block: Block) -> PyTree:
@@ -60,18 +62,18 @@ def drop_and_grow(
     if not idx:
         return MaskUpdate(masks, masks)
     m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
-    active = jnp.stack([jnp.sum(m, dtype=jnp.int32) for m in m_u])
+    active = jnp.stack([count_true(m) for m in m_u])
     units = jnp.asarray([m.size for m in m_u], jnp.int32)
     # A fully dense leaf (ERK overflow) has nowhere to grow: dropping would only zero weights.
     k = jnp.where(active < units, jnp.floor(fraction * active), 0).astype(jnp.int32)
     groups = list(range(len(idx)))
     drop_key, grow_key = jax.random.split(key)
-    keep = topk_masks([_square(w, block) for w in ws], active - k, m_u, drop_key, groups)
+    keep = topk_masks([_score(w, block) for w in ws], active - k, m_u, drop_key, groups, True)
     if grow == "gradient":
-        grow_scores = [_square(g, block) for g in gs]
+        grow_scores = [_score(g, block) for g in gs]
     else:
-        grow_scores = [jnp.zeros(m.shape) for m in m_u]  # all tie: the random tie order decides
-    new = topk_masks(grow_scores, k, [~kp for kp in keep], grow_key, groups)
+        grow_scores = [None] * len(m_u)  # uniformly at random
+    new = topk_masks(grow_scores, k, None, grow_key, groups, True, ineligible=keep)
     return MaskUpdate(
         _rebuild(flat_m, treedef, idx, [kp | n for kp, n in zip(keep, new)], block),
         _rebuild(flat_m, treedef, idx, new, block),
@@ -90,7 +92,7 @@ def prune_to(
         return masks
     m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
     counts = jnp.stack([jnp.asarray(keep_counts[i], jnp.int32) for i in idx])
-    keep = topk_masks([_square(w, block) for w in ws], counts, m_u, key, list(range(len(idx))))
+    keep = topk_masks([_score(w, block) for w in ws], counts, m_u, key, list(range(len(idx))), True)
     return _rebuild(flat_m, treedef, idx, keep, block)
 
 
@@ -103,7 +105,7 @@ def prune_global(masks: PyTree, params: PyTree, keep: Array, key: Array) -> PyTr
     idx, flat_m, treedef, (ws,) = _sparse(masks, params)
     if not idx:
         return masks
-    chosen = topk_masks([_square(w, None) for w in ws], keep, [flat_m[i] for i in idx], key)
+    chosen = topk_masks(ws, keep, [flat_m[i] for i in idx], key, magnitude=True)
     return _rebuild(flat_m, treedef, idx, chosen, None)
 
 
