@@ -4,6 +4,11 @@ Train: shuffle (per-epoch reshuffle derived from ``config.seed``) -> repeat fore
 derived from the seed and the record's global index) -> batch. Batch ``t`` is therefore a pure function of
 ``(seed, t)``, and the grain iterator's state (``{"next_index": t}``) is the exact resume position.
 Images leave the host as uint8; normalisation happens on device inside the jitted step (cheaper transfers).
+
+Several processes (``jax.distributed``): each process reads, transforms and batches only its contiguous
+rows of every global batch (``process_count`` equal slices, in process order, as
+``experiments.distributed.process_rows``), with the same record and batch RNG as a single process, so the
+global batch ``t`` is the same however many processes feed it. Eval batches are split the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
@@ -32,11 +38,17 @@ class Pipeline:
     image_shape: tuple[int, int, int]  # what the model sees
     mean: np.ndarray  # per-channel, in [0, 1] units, for on-device normalisation
     std: np.ndarray
-    train: grain.MapDataset  # infinite, batched
-    eval: grain.MapDataset  # one pass, batched (last batch short)
+    # Batched, this process's rows of each global batch: train infinite; eval one pass, its last batch
+    # short (or, on a process past the end of the split, missing: eval_batches pads it).
+    train: grain.MapDataset
+    eval: grain.MapDataset
+    # Global rows of a train / eval batch; each process yields batch_size // process_count of them.
     batch_size: int
     eval_batch_size: int
     num_threads: int
+    process_index: int = 0
+    process_count: int = 1
+    num_eval_batches: int = 0  # global eval batches; every process yields this many (collectives)
 
     def train_iterator(self, state: dict[str, Any] | None = None) -> grain.DatasetIterator:
         """A train iterator, positioned at ``state`` (from ``iterator.get_state()``) when given."""
@@ -49,13 +61,25 @@ class Pipeline:
         return iterator
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        """One pass over the eval split in fixed-size batches; ``mask`` marks the real (non-padding) rows."""
+        """One pass over the eval split in fixed-size batches; ``mask`` marks the real (non-padding) rows.
+
+        With several processes, this process's rows of each global batch; a process whose rows of the
+        last (short) batch are all padding still yields it, so every process runs the same eval steps.
+        """
         options = grain.ReadOptions(
             num_threads=self.num_threads, prefetch_buffer_size=2 * self.num_threads
         )
-        for batch in self.eval.to_iter_dataset(options):
+        rows = self.eval_batch_size // self.process_count
+        batches = iter(self.eval.to_iter_dataset(options))
+        for _ in range(self.num_eval_batches):
+            batch = next(batches, None)
+            if batch is None:  # past the end of the split on this process: all padding
+                batch = {
+                    "image": np.zeros((0, *self.image_shape), np.uint8),
+                    "label": np.zeros((0,), np.int32),
+                }
             n = len(batch["label"])
-            pad = self.eval_batch_size - n
+            pad = rows - n
             mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
             yield {
                 "image": np.pad(batch["image"], [(0, pad)] + [(0, 0)] * 3),
@@ -114,19 +138,24 @@ def _make_record_transform(augment: str, image_size: int):
     return transform
 
 
-def _make_batch_transform(augment: str, padding: int):
-    """Random crop (zero padding) and horizontal flip, vectorised over a batch (far cheaper than per record)."""
+def _make_batch_transform(augment: str, padding: int, rows: slice | None = None, size: int = 0):
+    """Random crop (zero padding) and horizontal flip, vectorised over a batch (far cheaper than per record).
+
+    ``rows``/``size``: the batch holds rows ``rows`` of a global batch of ``size`` rows; the random draws
+    are made for the whole global batch and sliced, so every row gets what a single process gives it.
+    """
 
     def transform(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         images = batch["image"]
         n, h, w, _ = images.shape
+        total, mine = (size, rows) if rows is not None else (n, slice(None))
         if augment in ("crop", "crop_flip") and padding:
             padded = np.pad(images, [(0, 0), (padding, padding), (padding, padding), (0, 0)])
             windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
-            top, left = rng.integers(0, 2 * padding + 1, size=(2, n))
+            top, left = rng.integers(0, 2 * padding + 1, size=(2, total))[:, mine]
             images = np.moveaxis(windows[np.arange(n), top, left], 1, -1)  # (n, c, h, w) -> NHWC
         if augment in ("crop_flip", "inception"):
-            flip = rng.random(n) < 0.5
+            flip = (rng.random(total) < 0.5)[mine]
             images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
         return {"image": np.ascontiguousarray(images), "label": batch["label"]}
 
@@ -170,8 +199,27 @@ def open_sources(data: ml_collections.ConfigDict):
     )
 
 
-def build(config: ml_collections.ConfigDict) -> Pipeline:
-    """The input pipeline for ``config`` (uses ``config.data``, ``config.seed`` and batch sizes)."""
+def _process_split(rows: int, process_index: int, process_count: int, what: str) -> int:
+    """This process's share of a global batch of ``rows``; one clear error when it does not split."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+    if rows % process_count:
+        raise ConfigError(
+            f"config.{what}={rows}: must be a multiple of the {process_count} processes"
+        )
+    return rows // process_count
+
+
+def build(
+    config: ml_collections.ConfigDict,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Pipeline:
+    """The input pipeline for ``config`` (uses ``config.data``, ``config.seed`` and batch sizes).
+
+    ``process_index``/``process_count`` (default: ``jax.process_index()``/``jax.process_count()``) pick
+    the rows of every global batch that this process reads (see the module docstring).
+    """
     data = config.data
     if data.name in text.SOURCES:  # byte-level language modelling (experiments/text.py)
         return text.build(config)
@@ -192,17 +240,33 @@ def build(config: ml_collections.ConfigDict) -> Pipeline:
     eval_transform = _make_eval_transform(size)
     # Shuffle before repeat: grain then reshuffles every epoch with seed + epoch.
     train = grain.MapDataset.source(train_src).shuffle(seed=seed).repeat(None)
+    if process_index is None or process_count is None:
+        process_index, process_count = jax.process_index(), jax.process_count()
+    batch_size = int(config.batch_size)
+    local = _process_split(batch_size, process_index, process_count, "batch_size")
+    rows = slice(process_index * local, (process_index + 1) * local)
     train = train.random_map(_make_record_transform(data.augment, size), seed=seed)
-    train = train.batch(int(config.batch_size), drop_remainder=True)
+    # Global batch t is records [t*B, (t+1)*B); its rows for process i are local batch t*n + i.
+    train = train.batch(local, drop_remainder=True)
+    if process_count > 1:
+        train = train.slice(slice(process_index, None, process_count))
     if data.augment != "none":
         # Batch-level RNG is seeded by (seed, batch index), so the augmentation stays a function of step.
         train = train.random_map(
-            _make_batch_transform(data.augment, int(data.crop_padding)), seed=seed + 1
+            _make_batch_transform(data.augment, int(data.crop_padding), rows, batch_size),
+            seed=seed + 1,
         )
     eval_batch_size = int(config.eval_batch_size or config.batch_size)
+    local_eval = _process_split(
+        eval_batch_size, process_index, process_count, "eval_batch_size (0: batch_size)"
+    )
     evals = grain.MapDataset.source(eval_src).map(eval_transform)
     if data.max_eval_examples:
         evals = evals.slice(slice(0, int(data.max_eval_examples)))
+    num_eval_batches = -(-len(evals) // eval_batch_size)
+    evals = evals.batch(local_eval, drop_remainder=False)
+    if process_count > 1:
+        evals = evals.slice(slice(process_index, None, process_count))
     mean, std = _channel_stats(grain.MapDataset.source(train_src).map(eval_transform), c)
     return Pipeline(
         info=info,
@@ -210,8 +274,11 @@ def build(config: ml_collections.ConfigDict) -> Pipeline:
         mean=mean,
         std=std,
         train=train,
-        eval=evals.batch(eval_batch_size, drop_remainder=False),
-        batch_size=int(config.batch_size),
+        eval=evals,
+        batch_size=batch_size,
         eval_batch_size=eval_batch_size,
         num_threads=int(data.num_threads),
+        process_index=process_index,
+        process_count=process_count,
+        num_eval_batches=num_eval_batches,
     )

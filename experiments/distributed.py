@@ -7,9 +7,12 @@ along ``data`` x ``fsdp``. A mesh of one device leaves everything as it was.
 
 Several processes (``jax.distributed``): :func:`initialize` reads ``--coordinator``, ``--num_processes``,
 ``--process_id`` (or ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) and uses gloo
-CPU collectives on CPU. Each process feeds only its rows of every global batch
-(:func:`process_rows` + ``jax.make_array_from_process_local_data``); orbax saves sharded arrays when every
-process calls ``save``; only process 0 should log (:func:`is_main`).
+CPU collectives on CPU. ``python -m experiments.train`` with those variables set starts it by itself
+(``experiments/__init__.py`` calls :func:`initialize` before ``sparsejax`` is imported). Each process feeds
+only its rows of every global batch (:func:`process_rows` + ``jax.make_array_from_process_local_data``;
+``experiments.data`` reads only those rows); orbax saves sharded arrays when every process calls ``save``;
+host copies of sharded arrays come from :func:`to_host` (a collective); only process 0 should write files
+and log (:func:`is_main`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def initialize(
     process_id = int(process_id if process_id is not None else os.environ.get("JAX_PROCESS_ID", 0))
     if num_processes <= 1:
         return False
+    if jax.distributed.is_initialized():  # e.g. from the environment, at `import experiments`
+        return True
     if not coordinator:
         raise ValueError(
             "--coordinator (or JAX_COORDINATOR_ADDRESS): required with several processes"
@@ -87,6 +92,33 @@ def global_batch(
     return {k: put(v) for k, v in batch.items()}
 
 
+def host_batch(batch: Batch, mesh: jax.sharding.Mesh, global_rows: int) -> dict[str, jax.Array]:
+    """:func:`global_batch` for a host batch that is either a whole global batch of ``global_rows`` rows
+    or this process's rows of one (``experiments.data`` pipelines read only this process's rows)."""
+    rows = len(next(iter(batch.values())))
+    if rows == global_rows:
+        return global_batch(batch, mesh)
+    if rows * jax.process_count() == global_rows:
+        return global_batch(batch, mesh, local=True)
+    raise ValueError(
+        f"host batch of {rows} rows is neither the global batch ({global_rows} rows) nor this "
+        f"process's share of it ({global_rows} / {jax.process_count()} processes)"
+    )
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of every array of ``tree`` on every process.
+
+    Arrays spanning other processes' devices are all-gathered: a collective, so every process must call
+    this at the same point (before any ``if is_main():``).
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def mesh_from_config(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
     """The mesh of ``config.mesh``, or None when it spans a single device (no sharding at all)."""
     axes = dict(config.get("mesh") or {})
@@ -109,8 +141,9 @@ def wire(
 ) -> tuple[dict[str, Any], Callable, Callable]:
     """Shard ``state`` over ``config.mesh`` and return steps that take host batches.
 
-    The returned steps place each host batch on the mesh (this process's rows only) and run the
-    original step under ``jax.jit`` with the state's shardings in and out, so the layout never drifts.
+    The returned steps place each host batch (global, or this process's rows: :func:`host_batch`) on the
+    mesh and run the original step under ``jax.jit`` with the state's shardings in and out, so the layout
+    never drifts.
     """
     mesh = mesh_from_config(config)
     if mesh is None:
@@ -119,12 +152,14 @@ def wire(
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train = jax.jit(train_step, out_shardings=(sh, replicated))
     evaluate = jax.jit(eval_step, out_shardings=replicated)
+    train_rows = int(config.batch_size)
+    eval_rows = int(config.get("eval_batch_size") or train_rows)
 
     def sharded_train(s: dict[str, Any], batch: Batch):
-        return train(s, global_batch(batch, mesh))
+        return train(s, host_batch(batch, mesh, train_rows))
 
     def sharded_eval(s: dict[str, Any], batch: Batch):
-        return evaluate(s, global_batch(batch, mesh))
+        return evaluate(s, host_batch(batch, mesh, eval_rows))
 
     return state, sharded_train, sharded_eval
 

@@ -12,12 +12,28 @@ import uuid
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import sparsejax as sj
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def _nonzeros(masks: list[Any]) -> list[int]:
+    """Nonzero count of each mask, counted where the mask lives (sharded masks, other processes' devices
+    included: then every process must call this, as the training loop does)."""
+    if not masks:
+        return []
+    if all(getattr(m, "is_fully_addressable", True) for m in masks):
+        return [int(np.count_nonzero(m)) for m in jax.device_get(masks)]
+    return [int(c) for c in jax.device_get(_count_nonzero(masks))]
+
+
+@jax.jit
+def _count_nonzero(masks: list[Any]) -> list[jax.Array]:
+    return [jnp.count_nonzero(m) for m in masks]
 
 
 def network_sparsity(params: Any, masks: Any) -> tuple[float, dict[str, float]]:
@@ -28,14 +44,16 @@ def network_sparsity(params: Any, masks: Any) -> tuple[float, dict[str, float]]:
     """
     flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
     flat_masks = jax.tree.leaves(masks, is_leaf=sj.is_dense)
-    per_leaf, zeros, size = {}, 0, 0
-    for (path, p), m in zip(flat_params, flat_masks, strict=True):
-        if np.ndim(p) < 2:
-            continue
-        size += int(np.size(p))
-        if sj.is_dense(m):
-            continue
-        leaf_zeros = int(np.size(m)) - int(np.count_nonzero(np.asarray(m)))
+    counted = [
+        (path, m)
+        for (path, p), m in zip(flat_params, flat_masks, strict=True)
+        if np.ndim(p) >= 2 and not sj.is_dense(m)
+    ]
+    nonzeros = _nonzeros([m for _, m in counted])
+    size = sum(int(np.size(p)) for _, p in flat_params if np.ndim(p) >= 2)
+    per_leaf, zeros = {}, 0
+    for (path, m), nnz in zip(counted, nonzeros):
+        leaf_zeros = int(np.size(m)) - nnz
         zeros += leaf_zeros
         per_leaf["/".join(str(getattr(k, "key", k)) for k in path)] = leaf_zeros / max(
             int(np.size(m)), 1

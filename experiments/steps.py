@@ -53,12 +53,12 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, 
 
 
 def commit(state: State) -> State:
-    """Place every leaf on the default device explicitly.
+    """Place every leaf on this process's first device explicitly.
 
     jit keys its cache on whether inputs are committed to a device; fresh arrays are not, step outputs are,
     so without this the train step compiles twice (once for the initial state, once for every later one).
     """
-    return jax.device_put(state, jax.devices()[0])
+    return jax.device_put(state, jax.local_devices()[0])
 
 
 def make_steps(

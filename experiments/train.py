@@ -113,9 +113,9 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
     state, train_step, eval_step = distributed.wire(config, state, train_step, eval_step)
 
     def snapshot_masks(step: int) -> None:
+        masks = distributed.to_host(sj.masks_of(state["opt_state"]))  # a collective: every process
         if lead:
-            path = os.path.join(workdir, "masks", f"step_{step:07d}.npz")
-            sj.save_masks(path, sj.masks_of(state["opt_state"]), step=step)
+            sj.save_masks(os.path.join(workdir, "masks", f"step_{step:07d}.npz"), masks, step=step)
 
     def sparsity() -> tuple[float, dict[str, float]]:
         return metrics_log.network_sparsity(state["params"], sj.masks_of(state["opt_state"]))

@@ -95,3 +95,32 @@ def test_center_crop_and_inception_crop_give_the_target_size():
 def test_unknown_augmentation_is_one_clear_error():
     with pytest.raises(ConfigError, match="config.data.augment.*allowed: none, crop"):
         data.build(_config(augment="mixup"))
+
+
+def test_each_process_reads_its_rows_of_the_same_global_batches():
+    """Two processes' pipelines together give exactly one process's batches (crop + flip included),
+    and the same number of eval batches, a process past the end of the split yielding padding."""
+    config = _config(name="digits", augment="crop_flip", crop_padding=2, max_eval_examples=20)
+    config.batch_size, config.eval_batch_size = 12, 8  # eval: 8 + 8 + 4 rows
+    whole = data.build(config, process_index=0, process_count=1)
+    parts = [data.build(config, process_index=i, process_count=2) for i in range(2)]
+    it, its = whole.train_iterator(), [p.train_iterator() for p in parts]
+    for _ in range(3):
+        want, got = next(it), [next(i) for i in its]
+        assert len(got[0]["label"]) == 6
+        for k in want:
+            np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), want[k], err_msg=k)
+    state = its[1].get_state()
+    assert state == it.get_state()  # the position is the global batch index
+    np.testing.assert_array_equal(
+        next(parts[1].train_iterator(state))["image"], next(it)["image"][6:]
+    )
+    want, got = list(whole.eval_batches()), [list(p.eval_batches()) for p in parts]
+    assert len(want) == len(got[0]) == len(got[1]) == 3
+    assert not got[1][-1]["mask"].any()  # past the end of the split: padding only
+    for w, g0, g1 in zip(want, *got):
+        for k in w:
+            np.testing.assert_array_equal(np.concatenate([g0[k], g1[k]]), w[k], err_msg=k)
+    config.batch_size = 13
+    with pytest.raises(ConfigError, match="config.batch_size=13: must be a multiple of the 2"):
+        data.build(config, process_index=0, process_count=2)

@@ -1,9 +1,8 @@
 """The same RigL step on 8 host CPU devices with a data-parallel mesh equals the single-device step."""
 
-import os
-import subprocess
-import sys
 import textwrap
+
+from _subprocess import run_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -49,16 +48,4 @@ SCRIPT = textwrap.dedent(
 
 
 def test_data_parallel_8_devices_matches_single_device():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    run_script(SCRIPT, devices=8)

@@ -9,11 +9,10 @@ is the worker: ``python tests/test_multiprocess.py OUT [COORDINATOR NUM_PROCESSE
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
+from _subprocess import free_port, spawn, wait_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,45 +74,18 @@ def worker(out: str, coordinator: str | None, num_processes: int, process_id: in
         np.savez(os.path.join(out, "result.npz"), **flat)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(out: str, devices: int, *args: str) -> subprocess.Popen:
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-    )
-    return subprocess.Popen(
-        [sys.executable, __file__, out, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def test_two_processes_match_one_process(tmp_path):
     multi, single = tmp_path / "multi", tmp_path / "single"
     multi.mkdir()
     single.mkdir()
-    coordinator = f"127.0.0.1:{_free_port()}"
-    procs = [_spawn(str(multi), 2, coordinator, "2", str(i)) for i in range(2)]
-    procs.append(_spawn(str(single), 4))
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    coordinator = f"127.0.0.1:{free_port()}"
+    worker_cmd = [sys.executable, __file__]
+    procs = {
+        f"process {i}": spawn([*worker_cmd, str(multi), coordinator, "2", str(i)], 2)
+        for i in range(2)
+    }
+    procs["single"] = spawn([*worker_cmd, str(single)], 4)
+    wait_all(procs, timeout=240)
     a, b = np.load(multi / "result.npz"), np.load(single / "result.npz")
     assert sorted(a.files) == sorted(b.files) and any(k.startswith("masks/") for k in a.files)
     for k in a.files:

@@ -6,14 +6,12 @@ that no mask or param leaf comes out replicated and that mask updates alone comp
 all-gather (no leaf is ever collected onto one device).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
+from _subprocess import run_script
 
 from sparsejax import sharding as shd
 
@@ -103,19 +101,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_fsdp_step_matches_unsharded_for_every_algorithm():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+    run_script(SCRIPT, devices=8)
 
 
 def _fake_mesh(**axes: int):
