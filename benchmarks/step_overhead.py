@@ -67,9 +67,10 @@ ALGOS = {
 }
 
 
-def make_step(model, tx):
+def make_step(model, tx, assume_masked=False):
     def loss_fn(p, state, x, y):
-        logits = model.apply({"params": sj.forward_params(p, state)}, x)
+        fwd = sj.forward_params(p, state, assume_masked=assume_masked)
+        logits = model.apply({"params": fwd}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def dense_loss(p, x, y):
@@ -114,8 +115,14 @@ def bench_model(name, model, x, y, rounds, steps):
         runs[algo] = make_step(model, sj.sparsify(optax.adam(1e-3), rare()))
         if every is not None:
             runs[f"{algo}@update"] = make_step(model, sj.sparsify(optax.adam(1e-3), every()))
+        if rare().hard:  # params kept masked, no multiply in the forward pass
+            runs[f"{algo}@masked"] = make_step(model, sj.sparsify(optax.adam(1e-3), rare()), True)
     copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (donated buffers must not be shared)
-    states = {k: (copy(params), tx.init(copy(params))) for k, (_, tx) in runs.items()}
+    states = {}
+    for k, (_, tx) in runs.items():
+        state = tx.init(copy(params))
+        p = sj.apply_masks(copy(params), sj.masks_of(state)) if k.endswith("@masked") else params
+        states[k] = (copy(p), state)
     for k, (step, _) in runs.items():  # compile outside the timed rounds
         states[k] = step(*states[k], x, y)
     times = {k: [] for k in runs}
@@ -128,10 +135,15 @@ def bench_model(name, model, x, y, rounds, steps):
     rows = {}
     for algo in ALGOS:
         row = {"step_ms": 1e3 * med[algo], "ratio_vs_dense": med[algo] / dense}
+        if f"{algo}@masked" in med:
+            row["masked_ratio_vs_dense"] = med[f"{algo}@masked"] / dense
         if f"{algo}@update" in med:
             upd = med[f"{algo}@update"]
             row["update_step_ratio"] = upd / dense
             row["amortised_overhead_at_100"] = (99 * med[algo] + upd) / 100 / dense - 1
+            if f"{algo}@masked" in med:
+                amort = (99 * med[f"{algo}@masked"] + upd) / 100 / dense - 1
+                row["masked_amortised_overhead_at_100"] = amort
         rows[algo] = row
     masks = sj.masks_of(states["rigl"][1])
     n_sparse = sum(int(np.size(m)) for m in sj.masks.sparse_leaves(masks))
@@ -146,6 +158,51 @@ def bench_model(name, model, x, y, rounds, steps):
         "mask_bytes_packed": packed,
         "param_bytes_f32": 4 * n_params,
     }
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return fmt.format(row[key]) if key in row else "-"
+
+
+def markdown(meta: dict, results: list[dict]) -> str:
+    """The results as the markdown report committed under benchmarks/results/."""
+    lines = [
+        f"# Step overhead of `sj.sparsify` vs the plain optimizer ({meta['device']})",
+        "",
+        f"jax {meta['jax']}, load average {meta['load_avg_1m']:.1f}, {meta['rounds']} interleaved "
+        f"rounds x {meta['steps_per_round']} steps, batch {meta['batch']}, Adam, donated buffers; "
+        "medians. Produced by `python benchmarks/step_overhead.py`. *params kept masked*: "
+        "`sj.forward_params(..., assume_masked=True)` after masking the initial params (exact for "
+        "masked-dense methods), so the forward pass has no mask multiply.",
+    ]
+    for r in results:
+        lines += [
+            "",
+            f"## {r['model']}: {r['params']:,} params, dense step {r['dense_step_ms']:.2f} ms",
+            "",
+            f"Masks: {r['mask_bytes_bool']:,} B as bool (1 byte per sparsified weight), "
+            f"{r['mask_bytes_packed']:,} B packed (1 bit); params {r['param_bytes_f32']:,} B (f32).",
+            "",
+            "| algorithm (90%; N:M 2:4, PGF 1:8) | non-update step / dense | same, params kept masked "
+            "| update step / dense | amortised overhead @100 | same, params kept masked |",
+            "|---|---|---|---|---|---|",
+        ]
+        for algo, row in r["algorithms"].items():
+            cells = [
+                _cell(row, "ratio_vs_dense", "{:.3f}x"),
+                _cell(row, "masked_ratio_vs_dense", "{:.3f}x"),
+                _cell(row, "update_step_ratio", "{:.2f}x"),
+                _cell(
+                    {k: 100 * v for k, v in row.items()}, "amortised_overhead_at_100", "{:+.1f}%"
+                ),
+                _cell(
+                    {k: 100 * v for k, v in row.items()},
+                    "masked_amortised_overhead_at_100",
+                    "{:+.1f}%",
+                ),
+            ]
+            lines.append(f"| {algo} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -180,25 +237,13 @@ def main():
         "steps_per_round": args.steps,
         "batch": args.batch,
     }
-    print(f"device: {meta['device']}  load: {meta['load_avg_1m']:.1f}")
-    for r in results:
-        print(
-            f"\n{r['model']}: {r['params']:,} params, dense step {r['dense_step_ms']:.2f} ms; "
-            f"masks {r['mask_bytes_bool']:,} B bool / {r['mask_bytes_packed']:,} B packed "
-            f"(params {r['param_bytes_f32']:,} B)"
-        )
-        print(f"{'algorithm':10s} {'step/dense':>10s} {'update/dense':>12s} {'amortised@100':>14s}")
-        for algo, row in r["algorithms"].items():
-            upd = f"{row['update_step_ratio']:.2f}x" if "update_step_ratio" in row else "-"
-            am = (
-                f"{100 * row['amortised_overhead_at_100']:+.1f}%"
-                if "amortised_overhead_at_100" in row
-                else "-"
-            )
-            print(f"{algo:10s} {row['ratio_vs_dense']:>9.3f}x {upd:>12s} {am:>14s}")
+    text = markdown(meta, results)
+    print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(text)
     print(f"\nwrote {args.out}")
 
 

@@ -31,21 +31,32 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int) -> State:
+def init_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    image_shape,
+    seed: int,
+    mask_params: bool = False,
+) -> State:
     """Fresh train state.
 
     ``tx.init`` is traced before anything compiles, so an N:M shape error surfaces first; it runs under jit
-    because op-by-op mask creation compiles dozens of tiny programs (3x slower on CPU).
+    because op-by-op mask creation compiles dozens of tiny programs (3x slower on CPU). ``mask_params``
+    (masked-dense methods) zeroes the initial weights outside the masks, so training starts from the
+    sparse network and the forward pass needs no mask multiply.
     """
     key = jax.random.PRNGKey(seed)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     variables = jax.jit(lambda k: model.init(k, dummy, train=False))(jax.random.fold_in(key, 1))
     variables = dict(variables)
     params = variables.pop("params")
+    opt_state = jax.jit(tx.init)(params)
+    if mask_params:
+        params = jax.jit(sj.apply_masks)(params, sj.masks_of(opt_state))
     state = {
         "params": params,
         "model_state": variables,
-        "opt_state": jax.jit(tx.init)(params),
+        "opt_state": opt_state,
         "step": jnp.zeros((), jnp.int32),
         "key": jax.random.fold_in(key, 2),
     }
@@ -67,14 +78,21 @@ def make_steps(
     mean: np.ndarray,
     std: np.ndarray,
     label_smoothing: float = 0.0,
+    assume_masked: bool = False,
 ) -> tuple[Callable[[State, Batch], tuple[State, dict]], Callable[[State, Batch], dict]]:
-    """``train_step(state, batch) -> (state, {loss, accuracy})`` and ``eval_step(state, batch) -> sums``."""
+    """``train_step(state, batch) -> (state, {loss, accuracy})`` and ``eval_step(state, batch) -> sums``.
+
+    ``assume_masked``: params are kept exactly 0 outside the masks (see ``init_state(mask_params=)``).
+    """
 
     def forward(state: State, params, images, train: bool, key):
         # uint8 on the wire, normalised on device; ``mean is None``: token ids, fed as they are
         x = images if mean is None else (images.astype(jnp.float32) / 255.0 - mean) / std
         model_state = state["model_state"]
-        variables = {"params": sj.forward_params(params, state["opt_state"]), **model_state}
+        variables = {
+            "params": sj.forward_params(params, state["opt_state"], assume_masked=assume_masked),
+            **model_state,
+        }
         if train and model_state:  # BatchNorm: also returns the updated running statistics
             logits, new = model.apply(
                 variables, x, train=True, mutable=list(model_state), rngs={"dropout": key}

@@ -87,7 +87,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
     inner, lr_fn = optim.build(config.optimizer, num_steps)
     tx = sj.sparsify(inner, algo)
     # Masks are created here, so an N:M shape error surfaces before the train step compiles.
-    state = steps.init_state(model, tx, pipeline.image_shape, config.seed)
+    state = steps.init_state(model, tx, pipeline.image_shape, config.seed, mask_params=algo.hard)
     models.check_masks(model, sj.masks_of(state["opt_state"]))  # e.g. block_mlp: nnz == mask blocks
 
     os.makedirs(os.path.join(workdir, "masks"), exist_ok=True)
@@ -108,7 +108,12 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     log = metrics_log.MetricsLog(workdir, config, start, enabled=lead)
     train_step, eval_step = steps.make_steps(
-        model, tx, pipeline.mean, pipeline.std, config.optimizer.label_smoothing
+        model,
+        tx,
+        pipeline.mean,
+        pipeline.std,
+        config.optimizer.label_smoothing,
+        assume_masked=algo.hard,  # params start masked (init_state) and stay so
     )
     state, train_step, eval_step = distributed.wire(config, state, train_step, eval_step)
 

@@ -251,13 +251,19 @@ def _st_bwd(res, g):
 _straight_through.defvjp(_st_fwd, _st_bwd)
 
 
-def forward_params(params: PyTree, state: Any) -> PyTree:
+def forward_params(params: PyTree, state: Any, *, assume_masked: bool = False) -> PyTree:
     """The weights the model uses in its forward pass: ``w * (m + (1 - m) * decay)``.
 
     Masked-dense methods and STE get ``w * m`` (``decay = 0``), PGF's mask decay gets the decayed weights.
     The gradient is straight-through: ``jax.grad`` through this gives the dense ``dL/d(w * m)`` at every
     position, masked ones included (RigL grows by it; ``sparsify`` masks the updates itself).
-    """
-    s = sparse_state(state)
 
+    ``assume_masked=True`` returns ``params`` unchanged, saving one pass over every weight per step.
+    It is exact for masked-dense methods (``algo.hard``: every update leaves the weights outside the
+    masks at exactly 0) once the initial params are masked too: ``params = sj.apply_masks(params,
+    sj.masks_of(state))`` right after ``tx.init``. Never use it for STE-like methods or PGF.
+    """
+    if assume_masked:
+        return params
+    s = sparse_state(state)
     return mk.map_params(lambda m, w: _straight_through(w, m, s.decay), s.masks, params)

@@ -177,3 +177,39 @@ def test_masks_never_change_outside_window():
         moved[0] is False and moved[1] is False and moved[4] is False
     )  # steps 1, 2, 5 do not move
     assert moved[2] or moved[3]  # steps 3 and 4 may move
+
+
+@pytest.mark.parametrize("name", ["static", "rigl", "gmp", "granet"])
+def test_assume_masked_forward_is_exact_for_masked_methods(name):
+    """Starting from masked params, ``forward_params(..., assume_masked=True)`` (no multiply) trains
+    exactly like the default forward: same losses, params and masks after every step."""
+    params, x, y = setup()
+    algo = ALGOS[name]()
+    assert algo.hard
+    tx = sj.sparsify(optax.sgd(0.1, momentum=0.9), algo)
+
+    def step_fn(assume_masked):
+        @jax.jit
+        def step(p, s):
+            def loss_fn(q):
+                fwd = sj.forward_params(q, s, assume_masked=assume_masked)
+                logits = MODEL.apply({"params": fwd}, x)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+            loss, g = jax.value_and_grad(loss_fn)(p)
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s, loss
+
+        return step
+
+    state = tx.init(params)
+    p_ref, s_ref = params, state
+    p_fast, s_fast = sj.apply_masks(params, sj.masks_of(state)), state
+    ref, fast = step_fn(False), step_fn(True)
+    for _ in range(STEPS):
+        p_ref, s_ref, l_ref = ref(p_ref, s_ref)
+        p_fast, s_fast, l_fast = fast(p_fast, s_fast)
+        np.testing.assert_allclose(l_fast, l_ref, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), p_fast, p_ref)
+        same = jax.tree.map(np.array_equal, sj.masks_of(s_fast), sj.masks_of(s_ref))
+        assert all(jax.tree.leaves(same))

@@ -76,3 +76,33 @@ def test_random_ties_are_uniform_subsets():
     for i in range(200):
         hits += np.asarray(topk_mask(jnp.zeros(20), 5, key=jax.random.PRNGKey(i)))
     assert hits.min() > 20 and hits.max() < 85  # each position ~50 times
+
+
+def test_magnitude_ineligible_and_random_choice():
+    """``magnitude`` ranks |x|; ``ineligible`` excludes; ``None`` scores pick uniformly at random."""
+    x = jax.random.normal(jax.random.PRNGKey(6), (37, 29))
+    banned = jax.random.uniform(jax.random.PRNGKey(7), x.shape) < 0.3
+    got = np.asarray(topk_mask(x, 100, ~banned, magnitude=True))
+    expected = np.asarray(topk_mask(jnp.abs(x), 100, ~banned))
+    np.testing.assert_array_equal(got, expected)
+    (pick,) = topk_masks([None], 50, key=jax.random.PRNGKey(8), ineligible=[banned])
+    assert int(pick.sum()) == 50 and not np.asarray(pick & banned).any()
+    (again,) = topk_masks([None], 50, key=jax.random.PRNGKey(9), ineligible=[banned])
+    assert (np.asarray(pick) != np.asarray(again)).any()  # the key decides
+
+
+def test_mask_update_stores_no_leaf_sized_temporaries():
+    """RigL's drop-and-grow on a 1024x1024 leaf: compiled temporaries stay below a third of the f32
+    leaf (the grow step's bool eligibility); stored keys or int32 counts would each be a whole leaf."""
+    import sparsejax as sj
+
+    shape = (1024, 1024)
+    params = {"w": jax.ShapeDtypeStruct(shape, jnp.float32)}
+    masks = {"w": jax.ShapeDtypeStruct(shape, jnp.bool_)}
+    algo = sj.rigl(0.9, distribution="uniform", update_every=10, end_step=100)
+
+    def update(m, p, g):
+        return algo.update_masks(m, p, g, jnp.int32(10), jax.random.PRNGKey(0))
+
+    stats = jax.jit(update).lower(masks, params, params).compile().memory_analysis()
+    assert stats.temp_size_in_bytes < 4 * 1024 * 1024 / 3
