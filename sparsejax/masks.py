@@ -137,7 +137,9 @@ def nm_mask(w: Array, n: int, m: int, axis: int = 0, name: str = "array") -> Arr
     earlier = (jnp.arange(m)[None, :] < jnp.arange(m)[:, None]).reshape(
         (m, m) + (1,) * (w.ndim - axis - 1)
     )
-    rank = jnp.sum((b > a) | ((b == a) & earlier), axis=axis + 2)
+    # Ranks in one byte when they fit: the rank array is the one leaf-sized temporary here.
+    dtype = jnp.uint8 if m <= 256 else jnp.int32
+    rank = jnp.sum((b > a) | ((b == a) & earlier), axis=axis + 2, dtype=dtype)
     return (rank < n).reshape(w.shape)
 
 
