@@ -90,12 +90,25 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
     state = steps.init_state(model, tx, pipeline.image_shape, config.seed, mask_params=algo.hard)
     models.check_masks(model, sj.masks_of(state["opt_state"]))  # e.g. block_mlp: nnz == mask blocks
 
+    train_step, eval_step = steps.make_steps(
+        model,
+        tx,
+        pipeline.mean,
+        pipeline.std,
+        config.optimizer.label_smoothing,
+        assume_masked=algo.hard,  # params start masked (init_state) and stay so
+    )
+    state, train_step, eval_step = distributed.wire(config, state, train_step, eval_step)
+
     os.makedirs(os.path.join(workdir, "masks"), exist_ok=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     data_state = None
     if (latest := ckpt.latest_step()) is not None:
+        # After ``wire``: the restore target carries the mesh shardings, so each process reads only
+        # its own shards (never a whole leaf onto one device).
         state, data_state = ckpt.restore(latest, state)
-        state = steps.commit(state)
+        if distributed.mesh_from_config(config) is None:
+            state = steps.commit(state)
     start = int(state["step"])
     summary_path = os.path.join(workdir, "summary.json")
     if start >= num_steps and os.path.exists(summary_path):  # a finished run: nothing to do
@@ -107,15 +120,6 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     log = metrics_log.MetricsLog(workdir, config, start, enabled=lead)
-    train_step, eval_step = steps.make_steps(
-        model,
-        tx,
-        pipeline.mean,
-        pipeline.std,
-        config.optimizer.label_smoothing,
-        assume_masked=algo.hard,  # params start masked (init_state) and stay so
-    )
-    state, train_step, eval_step = distributed.wire(config, state, train_step, eval_step)
 
     def snapshot_masks(step: int) -> None:
         masks = distributed.to_host(sj.masks_of(state["opt_state"]))  # a collective: every process
