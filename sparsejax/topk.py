@@ -76,6 +76,14 @@ def count_true(pred: Array) -> Array:
     return jnp.sum(jnp.sum(chunks, axis=-1, dtype=jnp.uint8), dtype=jnp.int32)
 
 
+def _per_group(counts: Sequence[Array], groups: Sequence[int], num_groups: int) -> Array:
+    """(G,) int32: the per-array ``counts`` summed within each group."""
+    out = [jnp.int32(0)] * num_groups
+    for c, g in zip(counts, groups):
+        out[g] = out[g] + c
+    return jnp.stack(out)
+
+
 def _bisect(
     selected: Callable[[int, Array, Array], Array],
     groups: Sequence[int],
@@ -96,10 +104,8 @@ def _bisect(
         lo, hi, count, step = state
         salt = jax.lax.convert_element_type(step, jnp.uint32) >> 31  # 0, as step < 33
         mid = lo + (hi - lo) // 2 + (hi - lo) % 2  # ceil((hi - lo) / 2), no uint32 overflow
-        per = [jnp.int32(0)] * num_groups
-        for a, g in enumerate(groups):
-            per[g] = per[g] + count_true(selected(a, mid[g], salt))
-        per = jnp.stack(per)
+        counts = [count_true(selected(a, mid[g], salt)) for a, g in enumerate(groups)]
+        per = _per_group(counts, groups, num_groups)
         ok, done = per >= k, lo >= hi
         new_lo = jnp.where(ok & ~done, mid, lo)
         new_hi = jnp.where(done, hi, jnp.where(per == k, mid, jnp.where(ok, hi, mid - 1)))
@@ -186,10 +192,8 @@ def topk_masks(
         return (key_of(i, salt) == t[groups[i]]) & ok(i, salt)
 
     def break_ties() -> tuple[Array, Array]:
-        taken = [jnp.int32(0)] * num_groups
-        for i, g in enumerate(groups):
-            taken[g] = taken[g] + count_true((key_of(i) > t[g]) & ok(i))
-        remaining = k - jnp.stack(taken)
+        above = [count_true((key_of(i) > t[g]) & ok(i)) for i, g in enumerate(groups)]
+        remaining = k - _per_group(above, groups, num_groups)
         unique_tie = lambda i, th, salt: (unique(i, salt) >= th) & tie(i, salt)  # noqa: E731
         return _bisect(unique_tie, groups, remaining)[0], remaining
 
