@@ -94,33 +94,46 @@ def _with_param_sharding(mask: Array, param: Any) -> Array:
     return jax.device_put(mask, sharding)
 
 
-def reset_where(opt_state: PyTree, where: PyTree, params: PyTree) -> PyTree:
-    """Zeroes every params-shaped subtree of ``opt_state`` at the positions ``where`` marks.
+def _map_params_like(opt_state: PyTree, flags: PyTree, params: PyTree, fn: Callable) -> PyTree:
+    """Applies ``fn(x, flag)`` to each leaf of every params-shaped subtree of ``opt_state``.
 
     Momentum, Adam moments, Lion's trace, any per-parameter accumulator of any optax optimizer (chains
     included) is a subtree with the params' structure and shapes; we find those instead of special-casing
-    a list of optimizer states.
+    a list of optimizer states. DENSE leaves of the mask-shaped ``flags`` are left alone.
     """
     treedef = jax.tree.structure(params)
     shapes = [jnp.shape(p) for p in jax.tree.leaves(params)]
-    # The mask-shaped ``where`` flattens (markers as leaves) to one entry per params leaf, in order.
-    flags = [None if mk.is_dense(f) else f for f in jax.tree.leaves(where, is_leaf=mk.is_dense)]
+    # The mask-shaped ``flags`` flattens (markers as leaves) to one entry per params leaf, in order.
+    flat = [None if mk.is_dense(f) else f for f in jax.tree.leaves(flags, is_leaf=mk.is_dense)]
 
     def params_like(node: Any) -> bool:
         if jax.tree.structure(node) != treedef:
             return False
         return [jnp.shape(x) for x in jax.tree.leaves(node)] == shapes
 
-    def reset(node: Any) -> Any:
+    def apply(node: Any) -> Any:
         if not params_like(node):
             return node
         leaves = jax.tree.leaves(node)
-        new = [
-            x if f is None else jnp.where(f, jnp.zeros_like(x), x) for x, f in zip(leaves, flags)
-        ]
+        new = [x if f is None else fn(x, f) for x, f in zip(leaves, flat)]
         return jax.tree.unflatten(treedef, new)
 
-    return jax.tree.map(reset, opt_state, is_leaf=params_like)
+    return jax.tree.map(apply, opt_state, is_leaf=params_like)
+
+
+def reset_where(opt_state: PyTree, where: PyTree, params: PyTree) -> PyTree:
+    """Zeroes every params-shaped subtree of ``opt_state`` (any optax optimizer's per-parameter
+    accumulators) at the positions ``where`` marks."""
+    return _map_params_like(
+        opt_state, where, params, lambda x, f: jnp.where(f, jnp.zeros_like(x), x)
+    )
+
+
+def keep_where(opt_state: PyTree, keep: PyTree, params: PyTree) -> PyTree:
+    """Zeroes every params-shaped subtree of ``opt_state`` outside the positions ``keep`` marks."""
+    return _map_params_like(
+        opt_state, keep, params, lambda x, f: jnp.where(f, x, jnp.zeros_like(x))
+    )
 
 
 def _flip_stats(before: PyTree, after: PyTree) -> dict[str, Array]:
@@ -186,21 +199,24 @@ def sparsify(
 
             def changed():
                 new, grown = algo.update_masks(masks, params, grads, step, key)
-                return new, grown, _mask_stats(masks, new, grown)
+                # Grown weights get no gradient this step either, so they are exactly 0 after it.
+                live = mk.difference(new, grown)
+                return new, live, mk.union(ever, new), _mask_stats(masks, new, grown)
 
             def same():
-                return masks, mk.map_sparse(jnp.zeros_like, masks), stats
+                return masks, masks, ever, stats
 
-            # Only masks pass through the cond. The optimizer-state reset below is an elementwise
-            # select that XLA fuses into the optimizer's own update, so non-update steps pay almost
-            # nothing (routing the optimizer state through the cond would copy it every step).
+            # Only bool pytrees pass through the cond (a non-update step copies them, cheaper than
+            # recomputing ``new & ~grown`` and the union every step); the optimizer state stays out
+            # of it so its reset below fuses into the optimizer's own update.
             do_update = jnp.asarray(algo.is_update_step(step))
-            masks, grown, stats = jax.lax.cond(do_update, changed, same)
-            ever = mk.union(ever, masks)
-            inner_state = reset_where(inner_state, grown, params)
-            # Grown weights also get zero gradient this step, so their reset optimizer state stays
-            # zero and their value is exactly 0 after the update.
-            live = mk.difference(masks, grown)
+            masks, live, ever, stats = jax.lax.cond(do_update, changed, same)
+            if algo.hard:
+                # Optimizer state lives on live weights only: zero elsewhere resets the grown ones
+                # and changes no weight (outside ``live`` the updates are masked anyway).
+                inner_state = keep_where(inner_state, live, params)
+            else:  # dense weights keep learning: reset the grown positions only
+                inner_state = reset_where(inner_state, mk.difference(masks, live), params)
         if algo.grad_transform is not None:
             grads = algo.grad_transform(grads, params, masks)
         if algo.hard:

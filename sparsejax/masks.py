@@ -188,7 +188,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 
 def count_active(masks: PyTree) -> Array:
     """Total number of active weights over sparsified leaves (int32 scalar)."""
-    return sum((count_true(m) for m in sparse_leaves(masks)), jnp.int32(0))
+    return sum((count_true(m, rows=True) for m in sparse_leaves(masks)), jnp.int32(0))
 
 
 def union(a: PyTree, b: PyTree) -> PyTree:

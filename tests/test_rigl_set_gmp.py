@@ -86,23 +86,29 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("opt", list(OPTIMIZERS))
-def test_grown_weights_zero_and_optimizer_state_reset(opt):
-    key = jax.random.PRNGKey(0)
+def _steps(opt: str, algo: sj.SparseAlgorithm, seed: int, n: int):
+    """Yields (masks before the step, state, params) after each of ``n`` jitted steps on random grads."""
+    key = jax.random.PRNGKey(seed)
     params = {"a": {"kernel": jax.random.normal(key, (16, 12)), "bias": jnp.ones(12)}}
-    algo = sj.rigl(
-        0.75, update_every=1, start_step=2, end_step=4, drop_fraction=0.5, drop_schedule="constant"
-    )
     tx = sj.sparsify(OPTIMIZERS[opt](), algo)
     state = tx.init(params)
     step = jax.jit(tx.update)
-    for t in range(3):
+    for t in range(n):
         grads = jax.tree.map(
             lambda p, t=t: jax.random.normal(jax.random.fold_in(key, t), p.shape), params
         )
-        prev_masks = sj.masks_of(state)
+        before = sj.masks_of(state)
         updates, state = step(grads, state, params)
         params = optax.apply_updates(params, updates)
+        yield before, state, params
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_grown_weights_zero_and_optimizer_state_reset(opt):
+    algo = sj.rigl(
+        0.75, update_every=1, start_step=2, end_step=4, drop_fraction=0.5, drop_schedule="constant"
+    )
+    *_, (prev_masks, state, params) = _steps(opt, algo, 0, 3)
     newly = np.asarray(sj.masks_of(state)["a"]["kernel"] & ~prev_masks["a"]["kernel"])
     assert newly.sum() > 0 and int(state.stats["grown"]) >= newly.sum()
     assert float(jnp.abs(params["a"]["kernel"][newly]).max()) == 0.0  # grown weights start at zero
@@ -118,6 +124,18 @@ def test_grown_weights_zero_and_optimizer_state_reset(opt):
     )
     masked = ~np.asarray(sj.masks_of(state)["a"]["kernel"])
     assert float(jnp.abs(params["a"]["kernel"][masked]).max()) == 0.0
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam", "chain"])
+def test_optimizer_state_zero_outside_masks_after_every_step(opt):
+    # Masked-dense methods keep per-parameter state on active weights only: regrown weights then start
+    # from zero state, and dropped ones carry nothing stale into a later regrowth.
+    algo = sj.set_sparse(0.7, update_every=2, end_step=8, drop_fraction=0.5)
+    for _, state, _ in _steps(opt, algo, 3, 7):
+        off = ~np.asarray(sj.masks_of(state)["a"]["kernel"])
+        accumulators = [x for x in jax.tree.leaves(state.inner) if jnp.shape(x) == (16, 12)]
+        assert accumulators and all(float(jnp.abs(a[off]).max()) == 0.0 for a in accumulators)
+        assert any(float(jnp.abs(a[~off]).max()) > 0.0 for a in accumulators)
 
 
 def test_forward_params_masked_at_init_and_straight_through():

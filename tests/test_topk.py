@@ -3,10 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sparsejax.topk import ordered_key, topk_mask, topk_masks
+from sparsejax.topk import count_true, ordered_key, topk_mask, topk_masks
 
 
 @settings(max_examples=30, deadline=None)
@@ -15,6 +15,7 @@ from sparsejax.topk import ordered_key, topk_mask, topk_masks
     st.integers(0, 70),
     st.integers(0, 2**31 - 1),
 )
+@example(values=[-0.0], k=1, seed=0)  # -0.0 once keyed differently inside and outside the search
 def test_topk_exact_count_and_order(values, k, seed):
     scores = jnp.asarray(values, jnp.float32)
     eligible = jnp.asarray(np.random.default_rng(seed).random(len(values)) < 0.7)
@@ -106,3 +107,16 @@ def test_mask_update_stores_no_leaf_sized_temporaries():
 
     stats = jax.jit(update).lower(masks, params, params).compile().memory_analysis()
     assert stats.temp_size_in_bytes < 4 * 1024 * 1024 / 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([(4096,), (64, 64), (96, 80), (3, 3, 64, 32), (512, 10), (4099, 2), (1, 8192)]),
+    st.floats(0.0, 1.0),
+    st.integers(0, 2**31 - 1),
+    st.booleans(),
+)
+def test_count_true_matches_numpy(shape, p, seed, rows):
+    # Covers every chunking path: rows of <= 32 (minor axis kept), the minor axis, the flattened array.
+    pred = np.random.default_rng(seed).random(shape) < p
+    assert int(jax.jit(count_true, static_argnums=1)(jnp.asarray(pred), rows)) == int(pred.sum())

@@ -62,7 +62,7 @@ def drop_and_grow(
     if not idx:
         return MaskUpdate(masks, masks)
     m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
-    active = jnp.stack([count_true(m) for m in m_u])
+    active = jnp.stack([count_true(m, rows=True) for m in m_u])
     units = jnp.asarray([m.size for m in m_u], jnp.int32)
     # A fully dense leaf (ERK overflow) has nowhere to grow: dropping would only zero weights.
     k = jnp.where(active < units, jnp.floor(fraction * active), 0).astype(jnp.int32)
