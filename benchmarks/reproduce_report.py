@@ -11,6 +11,7 @@ merge into one report, with a verdict column per model:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 from typing import Any
@@ -53,6 +54,12 @@ def _fmt(level: Any) -> str:
     )
 
 
+def _gap(xa: np.ndarray, xb: np.ndarray) -> tuple[float, float]:
+    """Difference of the mean accuracies and its standard error (0 with a single seed)."""
+    se = np.sqrt(xa.var(ddof=1) / len(xa) + xb.var(ddof=1) / len(xb)) if len(xa) > 1 else 0.0
+    return xa.mean() - xb.mean(), se
+
+
 def check_orderings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each claim: in how many (model, level) cases the means follow it, and whether any break is
     larger than twice the standard error of the difference."""
@@ -62,25 +69,17 @@ def check_orderings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for claim, chain, levels in ORDERINGS:
         cases, held, clear_breaks = [], 0, []
-        for model in DESCRIPTIONS:
-            for level in levels:
-                if not all((model, a, level) in acc for a in chain):
-                    continue
-                holds = True
-                for a, b in zip(chain[:-1], chain[1:]):
-                    xa, xb = acc[(model, a, level)], acc[(model, b, level)]
-                    d = xa.mean() - xb.mean()
-                    se = (
-                        np.sqrt(xa.var(ddof=1) / len(xa) + xb.var(ddof=1) / len(xb))
-                        if len(xa) > 1
-                        else 0.0
-                    )
-                    if d < 0:
-                        holds = False
-                        if se > 0 and -d > 2 * se:
-                            clear_breaks.append(f"{model} {_fmt(level)}: {b} > {a} by {-d:.1%}")
-                held += holds
-                cases.append(f"{model} {_fmt(level)}: {'yes' if holds else 'no'}")
+        for model, level in itertools.product(DESCRIPTIONS, levels):
+            if not all((model, a, level) in acc for a in chain):
+                continue
+            holds = True
+            for a, b in zip(chain[:-1], chain[1:]):
+                d, se = _gap(acc[(model, a, level)], acc[(model, b, level)])
+                holds &= d >= 0
+                if d < 0 and se > 0 and -d > 2 * se:
+                    clear_breaks.append(f"{model} {_fmt(level)}: {b} > {a} by {-d:.1%}")
+            held += holds
+            cases.append(f"{model} {_fmt(level)}: {'yes' if holds else 'no'}")
         if not cases:
             verdict = "not run"
         elif held == len(cases):

@@ -139,11 +139,11 @@ def bench_model(name, model, x, y, rounds, steps):
             row["masked_ratio_vs_dense"] = med[f"{algo}@masked"] / dense
         if f"{algo}@update" in med:
             upd = med[f"{algo}@update"]
+            amortised = lambda step, upd=upd: (99 * step + upd) / 100 / dense - 1  # noqa: E731
             row["update_step_ratio"] = upd / dense
-            row["amortised_overhead_at_100"] = (99 * med[algo] + upd) / 100 / dense - 1
+            row["amortised_overhead_at_100"] = amortised(med[algo])
             if f"{algo}@masked" in med:
-                amort = (99 * med[f"{algo}@masked"] + upd) / 100 / dense - 1
-                row["masked_amortised_overhead_at_100"] = amort
+                row["masked_amortised_overhead_at_100"] = amortised(med[f"{algo}@masked"])
         rows[algo] = row
     masks = sj.masks_of(states["rigl"][1])
     n_sparse = sum(int(np.size(m)) for m in sj.masks.sparse_leaves(masks))

@@ -102,14 +102,18 @@ def random_mask(key: Array, shape: tuple[int, ...], k: int | Array, block: Block
     return from_blocks(topk_mask(jnp.zeros(unit_shape), k, key=key), block)
 
 
+def magnitude_scores(x: Array, block: Block = None) -> Array:
+    """What a magnitude top-k ranks by ``|score|``: ``x`` itself (no copy), or per ``block`` tile the
+    squared L2 norm."""
+    return x if block is None else to_blocks(jnp.square(x.astype(jnp.float32)), block)
+
+
 def magnitude_mask(
     w: Array, k: int | Array, block: Block = None, key: Array | None = None
 ) -> Array:
     """The ``k`` units of largest magnitude (ties broken randomly if ``key`` is given)."""
-    if block is None:
-        return topk_mask(w, k, key=key, magnitude=True)
-    scores = to_blocks(jnp.square(w.astype(jnp.float32)), block)
-    return from_blocks(topk_mask(scores, k, key=key), block)
+    scores = magnitude_scores(w, block)
+    return from_blocks(topk_mask(scores, k, key=key, magnitude=True), block)
 
 
 def nm_mask(w: Array, n: int, m: int, axis: int = 0, name: str = "array") -> Array:

@@ -36,8 +36,8 @@ _SIGN = jnp.uint32(0x80000000)
 
 def _bits(x: Array, salt: Array | int) -> Array:
     # Adding ``salt`` (a traced 0 inside loops) before any other op keeps XLA's loop-invariant code
-    # motion from hoisting the key computation, which would store a leaf-sized key array. (It turns
-    # -0.0 into +0.0: equal values, equal keys.)
+    # motion from hoisting the key computation, which would store a leaf-sized key array. It also
+    # turns -0.0 into +0.0 inside loops only, so ``ordered_key`` maps -0.0 to +0.0 itself.
     x = x + jnp.asarray(salt, x.dtype) if isinstance(salt, jax.Array) else x
     return jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
 
@@ -226,6 +226,6 @@ def topk_mask(
     magnitude: bool = False,
 ) -> Array:
     """Boolean mask of the ``k`` largest entries of one array (see :func:`topk_masks`)."""
-    return topk_masks([scores], k, None if eligible is None else [eligible], key, None, magnitude)[
-        0
-    ]
+    eligibles = None if eligible is None else [eligible]
+    (mask,) = topk_masks([scores], k, eligibles, key, None, magnitude)
+    return mask

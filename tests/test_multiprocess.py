@@ -12,9 +12,7 @@ import os
 import sys
 
 import numpy as np
-from _subprocess import free_port, spawn, wait_all
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _subprocess import ROOT, free_port, spawn, wait_all
 
 
 def worker(out: str, coordinator: str | None, num_processes: int, process_id: int) -> None:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from experiments.errors import ConfigError
-from kernels_pallas import BlockSparseDense, nnz_for_density
+from kernels_pallas import BlockSparseDense, block_mask_from_elements, nnz_for_density
 from kernels_pallas.dispatch import IMPLS
 
 # Algorithms whose masks keep a constant number of active blocks per layer.
@@ -147,11 +147,8 @@ def check_masks(model: BlockMLP, masks: Any) -> None:
                     "allowed: 1.0, or sparsify every block_* kernel (no overrides, dense_first=False)"
                 )
             continue
-        mask = np.asarray(mask)
-        k, n = mask.shape
-        tiles = mask.reshape(k // b, b, n // b, b)
-        blocks, whole = tiles.any(axis=(1, 3)), tiles.all(axis=(1, 3))
-        if (blocks != whole).any():
+        blocks = np.asarray(block_mask_from_elements(mask, b, "any"))
+        if (blocks != np.asarray(block_mask_from_elements(mask, b, "all"))).any():
             raise ConfigError(
                 f"sparsity.block_size: the mask of {name} is not made of whole {b}x{b} blocks; "
                 f"allowed: ({b}, {b})"

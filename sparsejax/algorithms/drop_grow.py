@@ -31,11 +31,6 @@ def _sparse(masks: PyTree, *trees: PyTree) -> tuple[list[int], list, Any, list[l
     return idx, flat_m, treedef, [[lv[i] for i in idx] for lv in leaves]
 
 
-def _score(x: Array, block: Block) -> Array:
-    """What ``topk_masks(..., magnitude=True)`` ranks: ``x`` itself, or the squared norm per block."""
-    return x if block is None else mk.to_blocks(jnp.square(x.astype(jnp.float32)), block)
-
-
 def _rebuild(flat_m: list, treedef: Any, idx: list[int], new: list[Array], block: Block) -> PyTree:
     out = list(flat_m)
     for i, n in zip(idx, new):
@@ -68,9 +63,11 @@ def drop_and_grow(
     k = jnp.where(active < units, jnp.floor(fraction * active), 0).astype(jnp.int32)
     groups = list(range(len(idx)))
     drop_key, grow_key = jax.random.split(key)
-    keep = topk_masks([_score(w, block) for w in ws], active - k, m_u, drop_key, groups, True)
+    keep = topk_masks(
+        [mk.magnitude_scores(w, block) for w in ws], active - k, m_u, drop_key, groups, True
+    )
     if grow == "gradient":
-        grow_scores = [_score(g, block) for g in gs]
+        grow_scores = [mk.magnitude_scores(g, block) for g in gs]
     else:
         grow_scores = [None] * len(m_u)  # uniformly at random
     new = topk_masks(grow_scores, k, None, grow_key, groups, True, ineligible=keep)
@@ -92,7 +89,9 @@ def prune_to(
         return masks
     m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
     counts = jnp.stack([jnp.asarray(keep_counts[i], jnp.int32) for i in idx])
-    keep = topk_masks([_score(w, block) for w in ws], counts, m_u, key, list(range(len(idx))), True)
+    keep = topk_masks(
+        [mk.magnitude_scores(w, block) for w in ws], counts, m_u, key, list(range(len(idx))), True
+    )
     return _rebuild(flat_m, treedef, idx, keep, block)
 
 
