@@ -19,6 +19,8 @@ per leaf, which keeps compile times short.
 Memory: no key array is ever stored. Keys (``|w|`` for ``magnitude=True``, so no ``abs`` copy either),
 tie keys and tie sets are recomputed inside each loop step from the inputs, and counts go through
 :func:`count_true`; a top-k over a leaf needs only small temporaries besides its output mask.
+Keys pass through one float add (see ``_bits``), so on backends that flush subnormals (XLA CPU) those
+rank as zero; counts stay exact.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ _SIGN = jnp.uint32(0x80000000)
 
 def _bits(x: Array, salt: Array | int) -> Array:
     # Adding ``salt`` (a traced 0 inside loops) before any other op keeps XLA's loop-invariant code
-    # motion from hoisting the key computation, which would store a leaf-sized key array. It also
-    # turns -0.0 into +0.0 inside loops only, so ``ordered_key`` maps -0.0 to +0.0 itself.
+    # motion from hoisting the key computation, which would store a leaf-sized key array. The add
+    # changes values (-0.0 becomes +0.0, XLA CPU flushes subnormals to zero), so every key that is
+    # compared with a searched threshold must be salted too: ``topk_masks`` passes a traced zero.
     x = x + jnp.asarray(salt, x.dtype) if isinstance(salt, jax.Array) else x
     return jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
 
@@ -45,7 +48,7 @@ def _bits(x: Array, salt: Array | int) -> Array:
 def ordered_key(scores: Array, salt: Array | int = 0) -> Array:
     """Maps float scores to uint32 keys with the same order (negative values and infinities included)."""
     bits = _bits(scores, salt)
-    bits = jnp.where(bits == _SIGN, jnp.uint32(0), bits)  # -0.0 keys like +0.0, salted or not
+    bits = jnp.where(bits == _SIGN, jnp.uint32(0), bits)  # -0.0 keys like +0.0: equal values
     negative = (bits & _SIGN) != 0
     return jnp.where(negative, ~bits, bits | _SIGN)
 
@@ -96,9 +99,10 @@ def _bisect(
     selected: Callable[[int, Array, Array], Array],
     groups: Sequence[int],
     k: Array,
-) -> tuple[Array, Array]:
-    """Per group ``g``: a uint32 ``t`` with ``count(selected(i, t, 0)) >= k[g]`` over its arrays, and
-    that count (int32 max if no step tested ``t`` itself: then ``t = 0``).
+) -> tuple[Array, Array, Array]:
+    """Per group ``g``: a uint32 ``t`` with ``count(selected(i, t, 0)) >= k[g]`` over its arrays, that
+    count (int32 max if no step tested ``t`` itself: then ``t = 0``), and a traced uint32 zero to salt
+    keys computed after the loop exactly like those inside it.
 
     ``t`` has exactly ``k`` selected positions when such a ``t`` exists (the search stops at the first
     one it meets, usually well before 32 steps), else it is the largest ``t`` with more. ``selected(i,
@@ -123,8 +127,8 @@ def _bisect(
     hi = jnp.full((num_groups,), 0xFFFFFFFF, jnp.uint32)
     count = jnp.full((num_groups,), jnp.iinfo(jnp.int32).max, jnp.int32)
     state = (lo, hi, count, jnp.int32(0))
-    lo, _, count, _ = jax.lax.while_loop(lambda s: jnp.any(s[0] < s[1]), body, state)
-    return lo, count
+    lo, _, count, step = jax.lax.while_loop(lambda s: jnp.any(s[0] < s[1]), body, state)
+    return lo, count, jax.lax.convert_element_type(step, jnp.uint32) >> 31
 
 
 def topk_masks(
@@ -173,8 +177,10 @@ def topk_masks(
     if all(s is None for s in scores):  # only the random tie order decides
         t = jnp.zeros((num_groups,), jnp.uint32)
         at_least_t = jnp.full((num_groups,), jnp.iinfo(jnp.int32).max, jnp.int32)
+        zero = 0
     else:
-        t, at_least_t = _bisect(
+        # ``zero`` salts the keys below like those the search compared (see ``_bits``).
+        t, at_least_t, zero = _bisect(
             lambda i, th, salt: (key_of(i, salt) >= th) & ok(i, salt), groups, k
         )
 
@@ -200,7 +206,7 @@ def topk_masks(
         return (key_of(i, salt) == t[groups[i]]) & ok(i, salt)
 
     def break_ties() -> tuple[Array, Array]:
-        above = [count_true((key_of(i) > t[g]) & ok(i)) for i, g in enumerate(groups)]
+        above = [count_true((key_of(i, zero) > t[g]) & ok(i)) for i, g in enumerate(groups)]
         remaining = k - _per_group(above, groups, num_groups)
         unique_tie = lambda i, th, salt: (unique(i, salt) >= th) & tie(i, salt)  # noqa: E731
         return _bisect(unique_tie, groups, remaining)[0], remaining
@@ -212,7 +218,7 @@ def topk_masks(
     )
     out = []
     for i, g in enumerate(groups):
-        kk = key_of(i)
+        kk = key_of(i, zero)
         win = (kk > t[g]) | ((kk == t[g]) & (unique(i) >= t2[g]) & (remaining[g] > 0))
         out.append(win & ok(i))
     return out

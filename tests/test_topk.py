@@ -16,6 +16,7 @@ from sparsejax.topk import count_true, ordered_key, topk_mask, topk_masks
     st.integers(0, 2**31 - 1),
 )
 @example(values=[-0.0], k=1, seed=0)  # -0.0 once keyed differently inside and outside the search
+@example(values=[0.0, 0.0, 0.0, -1.2471556332490872e-42], k=4, seed=0)  # and a subnormal
 def test_topk_exact_count_and_order(values, k, seed):
     scores = jnp.asarray(values, jnp.float32)
     eligible = jnp.asarray(np.random.default_rng(seed).random(len(values)) < 0.7)
