@@ -150,13 +150,15 @@ def _mask_stats(before: PyTree, after: PyTree, grown: PyTree) -> dict[str, Array
 
 
 def _after(masks: PyTree, stats: dict[str, Array]) -> PyTree:
-    """``masks``, computed after ``stats`` (a never-true data dependency).
+    """``masks`` with a never-true data dependency on ``stats``.
 
-    The stats read the old masks; ordering those reads before the new masks are written lets XLA
-    write them in place into the (donated) old buffers instead of copying the old masks every step.
+    The stats read the old masks; once XLA knows those reads come before the new masks are written,
+    it writes them in place into the donated buffers: a non-update step then copies the masks once
+    instead of three times (measured 1-3% of the MLP step). On the per-step mask refresh of the STE
+    family the same ordering measured no faster, so only mask updates use it.
     """
-    never = stats["sad"] < 0
-    return mk.map_sparse(lambda m: m | never, masks)
+    impossible = stats["sad"] < 0
+    return mk.map_sparse(lambda m: m | impossible, masks)
 
 
 def sparsify(
@@ -205,31 +207,30 @@ def sparsify(
         )
         live = masks
         if algo.update_masks is not None:
+            key = jax.random.fold_in(state.key, step + 1)
 
             def changed():
-                key = jax.random.fold_in(state.key, step + 1)
                 new, grown = algo.update_masks(masks, params, grads, step, key)
                 new_stats = _mask_stats(masks, new, grown)
                 new = _after(new, new_stats)
-                return new, mk.pack_masks(grown), mk.union(ever, new), new_stats
+                # Grown weights get no gradient this step either, so they are exactly 0 after it.
+                live = mk.difference(new, grown)
+                return new, live, mk.union(ever, new), new_stats
 
             def same():
-                return masks, mk.map_sparse(jnp.zeros_like, packed_shapes), ever, stats
+                return masks, masks, ever, stats
 
-            # Grown positions leave the cond packed (1 bit each): a second bool pytree would cost a
-            # non-update step two mask copies, these zeros cost 1/8 of one write.
-            packed_shapes = jax.eval_shape(mk.pack_masks, masks)
+            # Only bool pytrees pass through the cond (a non-update step copies the masks once, cheaper
+            # than recomputing ``new & ~grown`` and the union every step); the optimizer state stays
+            # out of it so its reset below fuses into the optimizer's own update.
             do_update = jnp.asarray(algo.is_update_step(step))
-            masks, grown_bits, ever, stats = jax.lax.cond(do_update, changed, same)
-            grown = mk.unpack_masks(grown_bits, masks)
-            # Grown weights get no gradient this step either, so they are exactly 0 after it.
-            live = mk.difference(masks, grown)
+            masks, live, ever, stats = jax.lax.cond(do_update, changed, same)
             if algo.hard:
                 # Optimizer state lives on live weights only: zero elsewhere resets the grown ones
                 # and changes no weight (outside ``live`` the updates are masked anyway).
                 inner_state = keep_where(inner_state, live, params)
             else:  # dense weights keep learning: reset the grown positions only
-                inner_state = reset_where(inner_state, grown, params)
+                inner_state = reset_where(inner_state, mk.difference(masks, live), params)
         if algo.grad_transform is not None:
             grads = algo.grad_transform(grads, params, masks)
         if algo.hard:
@@ -242,7 +243,6 @@ def sparsify(
             before = masks
             masks = algo.refresh_masks(optax.apply_updates(params, updates), masks, new_step)
             stats = _flip_stats(before, masks)
-            masks = _after(masks, stats)
             ever = mk.union(ever, masks)
         decay = state.decay if algo.decay is None else jnp.float32(algo.decay(new_step))
         new_state = SparseState(inner_state, masks, new_step, state.key, decay, ever, stats)
