@@ -8,6 +8,10 @@ machine noise hits all alike, and reports medians:
 - RigL/SET update step / dense step (target <= 3), and the amortised overhead at ``update_every=100``;
 - mask memory: bool (1 byte per sparsified weight) and packed (1 bit).
 
+Every ratio is given for wall-clock time and for CPU time (``time.process_time``, all threads of this
+process). CPU time leaves out time the hypervisor steals from a shared VM, which makes its ratios about
+twice as repeatable there; on a quiet machine both agree.
+
     python benchmarks/step_overhead.py [--rounds 7] [--steps 20]
 """
 
@@ -98,14 +102,33 @@ def make_step(model, tx, assume_masked=False):
 
 
 def time_steps(step, p, s, x, y, n):
-    """Mean seconds per step over ``n`` steps; returns the advanced (p, s) too (inputs are donated)."""
+    """Mean (wall, CPU) seconds per step over ``n`` steps, and the advanced (p, s) (inputs are donated)."""
     p, s = step(p, s, x, y)  # the first call may hit a mask update; keep timing steady-state
     jax.block_until_ready(p)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(n):
         p, s = step(p, s, x, y)
     jax.block_until_ready(p)
-    return (time.perf_counter() - t) / n, (p, s)
+    return ((time.perf_counter() - t) / n, (time.process_time() - c) / n), (p, s)
+
+
+def ratio_rows(med: dict[str, float]) -> dict[str, dict]:
+    """Per algorithm: step / dense step, the update step's ratio and the amortised overhead @100."""
+    dense = med["dense"]
+    amortised = lambda step, upd: (99 * step + upd) / 100 / dense - 1  # noqa: E731
+    rows = {}
+    for algo in ALGOS:
+        row = {"step_ms": 1e3 * med[algo], "ratio_vs_dense": med[algo] / dense}
+        masked, upd = med.get(f"{algo}@masked"), med.get(f"{algo}@update")
+        if masked is not None:
+            row["masked_ratio_vs_dense"] = masked / dense
+        if upd is not None:
+            row["update_step_ratio"] = upd / dense
+            row["amortised_overhead_at_100"] = amortised(med[algo], upd)
+            if masked is not None:
+                row["masked_amortised_overhead_at_100"] = amortised(masked, upd)
+        rows[algo] = row
+    return rows
 
 
 def bench_model(name, model, x, y, rounds, steps):
@@ -130,21 +153,8 @@ def bench_model(name, model, x, y, rounds, steps):
         for k, (step, _) in runs.items():
             dt, states[k] = time_steps(step, *states[k], x, y, steps)
             times[k].append(dt)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    dense = med["dense"]
-    rows = {}
-    for algo in ALGOS:
-        row = {"step_ms": 1e3 * med[algo], "ratio_vs_dense": med[algo] / dense}
-        if f"{algo}@masked" in med:
-            row["masked_ratio_vs_dense"] = med[f"{algo}@masked"] / dense
-        if f"{algo}@update" in med:
-            upd = med[f"{algo}@update"]
-            amortised = lambda step, upd=upd: (99 * step + upd) / 100 / dense - 1  # noqa: E731
-            row["update_step_ratio"] = upd / dense
-            row["amortised_overhead_at_100"] = amortised(med[algo])
-            if f"{algo}@masked" in med:
-                row["masked_amortised_overhead_at_100"] = amortised(med[f"{algo}@masked"])
-        rows[algo] = row
+    wall = {k: statistics.median(t[0] for t in v) for k, v in times.items()}
+    cpu = {k: statistics.median(t[1] for t in v) for k, v in times.items()}
     masks = sj.masks_of(states["rigl"][1])
     n_sparse = sum(int(np.size(m)) for m in sj.masks.sparse_leaves(masks))
     n_params = sum(int(np.size(p)) for p in jax.tree.leaves(params))
@@ -152,16 +162,21 @@ def bench_model(name, model, x, y, rounds, steps):
     return {
         "model": name,
         "params": n_params,
-        "dense_step_ms": 1e3 * dense,
-        "algorithms": rows,
+        "dense_step_ms": 1e3 * wall["dense"],
+        "dense_step_cpu_ms": 1e3 * cpu["dense"],
+        "algorithms": ratio_rows(wall),
+        "algorithms_cpu_time": ratio_rows(cpu),
         "mask_bytes_bool": n_sparse,
         "mask_bytes_packed": packed,
         "param_bytes_f32": 4 * n_params,
     }
 
 
-def _cell(row: dict, key: str, fmt: str, scale: float = 1.0) -> str:
-    return fmt.format(scale * row[key]) if key in row else "-"
+def _cell(wall: dict, cpu: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+    """``wall / cpu`` for one ratio, ``-`` where the algorithm has none."""
+    if key not in wall:
+        return "-"
+    return f"{fmt.format(scale * wall[key])} / {fmt.format(scale * cpu[key])}"
 
 
 def markdown(meta: dict, results: list[dict]) -> str:
@@ -173,12 +188,14 @@ def markdown(meta: dict, results: list[dict]) -> str:
         f"rounds x {meta['steps_per_round']} steps, batch {meta['batch']}, Adam, donated buffers; "
         "medians. Produced by `python benchmarks/step_overhead.py`. *params kept masked*: "
         "`sj.forward_params(..., assume_masked=True)` after masking the initial params (exact for "
-        "masked-dense methods), so the forward pass has no mask multiply.",
+        "masked-dense methods), so the forward pass has no mask multiply. Each cell: wall-clock / "
+        "CPU-time ratio (CPU time excludes time stolen from a shared VM).",
     ]
     for r in results:
         lines += [
             "",
-            f"## {r['model']}: {r['params']:,} params, dense step {r['dense_step_ms']:.2f} ms",
+            f"## {r['model']}: {r['params']:,} params, dense step {r['dense_step_ms']:.2f} ms "
+            f"({r['dense_step_cpu_ms']:.2f} ms CPU time)",
             "",
             f"Masks: {r['mask_bytes_bool']:,} B as bool (1 byte per sparsified weight), "
             f"{r['mask_bytes_packed']:,} B packed (1 bit); params {r['param_bytes_f32']:,} B (f32).",
@@ -188,12 +205,13 @@ def markdown(meta: dict, results: list[dict]) -> str:
             "|---|---|---|---|---|---|",
         ]
         for algo, row in r["algorithms"].items():
+            cpu = r["algorithms_cpu_time"][algo]
             cells = [
-                _cell(row, "ratio_vs_dense", "{:.3f}x"),
-                _cell(row, "masked_ratio_vs_dense", "{:.3f}x"),
-                _cell(row, "update_step_ratio", "{:.2f}x"),
-                _cell(row, "amortised_overhead_at_100", "{:+.1f}%", 100),
-                _cell(row, "masked_amortised_overhead_at_100", "{:+.1f}%", 100),
+                _cell(row, cpu, "ratio_vs_dense", "{:.3f}x"),
+                _cell(row, cpu, "masked_ratio_vs_dense", "{:.3f}x"),
+                _cell(row, cpu, "update_step_ratio", "{:.2f}x"),
+                _cell(row, cpu, "amortised_overhead_at_100", "{:+.1f}%", 100),
+                _cell(row, cpu, "masked_amortised_overhead_at_100", "{:+.1f}%", 100),
             ]
             lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

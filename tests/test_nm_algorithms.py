@@ -212,3 +212,33 @@ def test_sdgf_steps_through_documented_patterns(n, m, kind, c_in, expected):
         for name in ("Dense_0", "Conv_0", "head"):
             axis = fw[name]["kernel"].ndim - 2
             np.testing.assert_array_equal(group_counts(fw[name]["kernel"], axis, pm), pn)
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [
+        sj.ste(n=2, m=4),
+        sj.ste(0.75, distribution="uniform"),
+        sj.sr_ste(1, 8, decay=0.05),
+        sj.pgf(1, 4, end_step=8),
+        sj.pgf(1, 4, mode="sdgf", end_step=6),  # frame changes alter the counts: grown != dropped
+    ],
+    ids=["ste_2:4", "ste_topk", "sr_ste_1:8", "pgf_mdgf", "pgf_sdgf"],
+)
+def test_flip_stats_match_two_counts_every_step(algo):
+    history = train(sj.sparsify(optax.sgd(0.5), algo), make_params(), steps=8)
+    unequal = flips = 0
+    for (_, s0), (_, s1) in zip(history, history[1:]):
+        old, new = (
+            [np.asarray(x) for x in jax.tree.leaves(sj.masks_of(s)) if x.dtype == bool]
+            for s in (s0, s1)
+        )
+        dropped = sum(int(np.sum(a & ~b)) for a, b in zip(old, new))
+        grown = sum(int(np.sum(b & ~a)) for a, b in zip(old, new))
+        stats = sj.sparse_state(s1).stats
+        assert (int(stats["dropped"]), int(stats["grown"])) == (dropped, grown)
+        assert int(stats["sad"]) == dropped + grown
+        unequal += dropped != grown
+        flips += dropped
+    assert flips > 0  # the masks did move, so the counts were exercised
+    assert (unequal > 0) == (algo.name == "pgf" and not algo.refresh_keeps_count)

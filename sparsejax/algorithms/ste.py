@@ -78,6 +78,7 @@ def ste(
         name="ste",
         init_masks=lambda params, key: masks_from(params),
         refresh_masks=lambda new_params, masks, step: masks_from(new_params),
+        refresh_keeps_count=True,
         hard=False,
         seed=seed,
     )
@@ -113,6 +114,7 @@ def sr_ste(
         name="sr_ste",
         init_masks=lambda params, key: masks_from(params),
         refresh_masks=lambda new_params, masks, step: masks_from(new_params),
+        refresh_keeps_count=True,
         hard=False,
         grad_transform=_refined(decay),
         seed=seed,
