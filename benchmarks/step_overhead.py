@@ -8,9 +8,10 @@ machine noise hits all alike, and reports medians:
 - RigL/SET update step / dense step (target <= 3), and the amortised overhead at ``update_every=100``;
 - mask memory: bool (1 byte per sparsified weight) and packed (1 bit).
 
-Every ratio is given for wall-clock time and for CPU time (``time.process_time``, all threads of this
-process). CPU time leaves out time the hypervisor steals from a shared VM, which makes its ratios about
-twice as repeatable there; on a quiet machine both agree.
+Every ratio is given for wall-clock time and for CPU time (``time.process_time``: all threads of this
+process, the thread pool's spinning included). CPU time leaves out time a shared VM's hypervisor steals,
+so it is the steadier of the two there; on small steps it also counts the pool's idle spinning as work,
+so the two can differ by several percent.
 
     python benchmarks/step_overhead.py [--rounds 7] [--steps 20]
 """
@@ -189,7 +190,7 @@ def markdown(meta: dict, results: list[dict]) -> str:
         "medians. Produced by `python benchmarks/step_overhead.py`. *params kept masked*: "
         "`sj.forward_params(..., assume_masked=True)` after masking the initial params (exact for "
         "masked-dense methods), so the forward pass has no mask multiply. Each cell: wall-clock / "
-        "CPU-time ratio (CPU time excludes time stolen from a shared VM).",
+        "CPU-time ratio (CPU time sums all threads and excludes time stolen from a shared VM).",
     ]
     for r in results:
         lines += [

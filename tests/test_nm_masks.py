@@ -45,9 +45,21 @@ def test_nm_mask_keeps_exactly_n_largest_per_group(case):
     assert np.all(kept_min >= dropped_max)
 
 
-def test_nm_mask_ties_still_exact():
-    mask = sj.nm_mask(jnp.zeros((8, 3)), 2, 4, axis=0)
-    np.testing.assert_array_equal(groups_along(mask, 0, 4).sum(-1), 2)
+@pytest.mark.parametrize("n", [1, 2])
+def test_nm_mask_ties_still_exact(n):
+    mask = sj.nm_mask(jnp.zeros((8, 3)), n, 4, axis=0)
+    np.testing.assert_array_equal(groups_along(mask, 0, 4).sum(-1), n)
+
+
+@pytest.mark.parametrize("n, m", [(1, 4), (1, 8), (2, 4), (3, 8)])
+def test_nm_mask_breaks_ties_towards_lower_index(n, m):
+    # Few distinct magnitudes, so most groups tie; top-1 (argmax) and top-n (ranks) agree on the rule.
+    w = np.random.default_rng(n * m).integers(-2, 3, size=(4 * m, 5)).astype(np.float32)
+    g = groups_along(np.abs(w), 0, m)
+    keep = np.argsort(-g, axis=-1, kind="stable")[:, :n]
+    expected = np.zeros(g.shape, bool)
+    np.put_along_axis(expected, keep, True, axis=-1)
+    np.testing.assert_array_equal(groups_along(sj.nm_mask(jnp.asarray(w), n, m, 0), 0, m), expected)
 
 
 def test_default_axis_is_input_axis_for_dense_and_conv():
