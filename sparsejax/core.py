@@ -146,7 +146,8 @@ def _flip_stats(before: PyTree, after: PyTree, same_count: bool) -> dict[str, Ar
     STE step, measured), so when the refresh keeps every leaf's count, ``grown = dropped``.
     """
     dropped = mk.count_active(mk.difference(before, after))
-    grown = dropped if same_count else mk.count_active(mk.difference(after, before))
+    # A copy, not the same array: state fields never share buffers (the state may be donated).
+    grown = jnp.copy(dropped) if same_count else mk.count_active(mk.difference(after, before))
     return {"dropped": dropped, "grown": grown, "sad": dropped + grown}
 
 

@@ -242,3 +242,21 @@ def test_flip_stats_match_two_counts_every_step(algo):
         flips += dropped
     assert flips > 0  # the masks did move, so the counts were exercised
     assert (unequal > 0) == (algo.name == "pgf" and not algo.refresh_keeps_count)
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [sj.ste(n=2, m=4), sj.pgf(1, 4, end_step=8), sj.rigl(0.5, update_every=1, end_step=8)],
+    ids=["ste", "pgf", "rigl"],
+)
+def test_state_leaves_never_share_buffers(algo):
+    # A state whose leaves alias each other cannot be donated to the next jitted step.
+    params = make_params()
+    tx = sj.sparsify(optax.adam(0.1), algo)
+    state = tx.init(params)
+    for _ in range(2):  # eager updates (the jitted ones always return fresh buffers)
+        grads = jax.tree.map(jnp.ones_like, params)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)]
+        assert len(set(pointers)) == len(pointers)
