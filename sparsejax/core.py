@@ -252,7 +252,11 @@ def sparsify(
             masks = algo.refresh_masks(optax.apply_updates(params, updates), masks, new_step)
             stats = _flip_stats(before, masks, algo.refresh_keeps_count)
             ever = mk.union(ever, masks)
-        decay = state.decay if algo.decay is None else jnp.float32(algo.decay(new_step))
+        decay = state.decay
+        if algo.decay is not None:
+            # Ordered after the step's last reads (as in ``_after``): XLA then writes the donated decay
+            # in place instead of copying it, which measured 5% of the MLP's PGF step (wall time).
+            decay = jnp.where(stats["sad"] < 0, decay, jnp.float32(algo.decay(new_step)))
         new_state = SparseState(inner_state, masks, new_step, state.key, decay, ever, stats)
         return updates, new_state
 
