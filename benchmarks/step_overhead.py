@@ -186,7 +186,8 @@ def markdown(meta: dict, results: list[dict]) -> str:
         f"# Step overhead of `sj.sparsify` vs the plain optimizer ({meta['device']})",
         "",
         f"jax {meta['jax']}, load average {meta['load_avg_1m']:.1f}, {meta['mlp_rounds']} (MLP) / "
-        f"{meta['rounds']} (CNN) interleaved rounds x {meta['steps_per_round']} steps, batch {meta['batch']}, Adam, donated buffers; "
+        f"{meta['rounds']} (CNN) interleaved rounds x {meta['steps_per_round']} steps, "
+        f"batch {meta['batch']}, Adam, donated buffers; "
         "medians. Produced by `python benchmarks/step_overhead.py`. *params kept masked*: "
         "`sj.forward_params(..., assume_masked=True)` after masking the initial params (exact for "
         "masked-dense methods), so the forward pass has no mask multiply. Each cell: wall-clock / "
