@@ -174,6 +174,19 @@ def _after(masks: PyTree, stats: dict[str, Array]) -> PyTree:
     return mk.map_sparse(lambda m: m | never, masks)
 
 
+def _false_after_grads(grads: PyTree, masks: PyTree) -> Array:
+    """A traced False read from one element of each sparsified leaf's gradient.
+
+    The forward pass reads the masks (``forward_params``) that the mask-update ``lax.cond`` rewrites
+    in the donated buffers. With this in the cond's predicate the cond runs after the gradients, hence
+    after those reads, and XLA writes in place; without it XLA copied every mask on entry to the step
+    (and, with params kept masked, some weights too). Measured on the MLP's SET non-update step:
+    1.16x -> 1.10x the dense step. No NaN or inf makes it true. (Sharded gradients: one scalar each.)
+    """
+    first = lambda m, g: jnp.abs(g.ravel()[0]) if g.size else jnp.float32(0)  # noqa: E731
+    return sum(mk.sparse_leaves(mk.map_sparse(first, masks, grads)), jnp.float32(0)) > jnp.inf
+
+
 def sparsify(
     inner: optax.GradientTransformation, algo: SparseAlgorithm, key: Array | None = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -236,7 +249,7 @@ def sparsify(
             # Only bool pytrees pass through the cond (a non-update step copies the masks once, cheaper
             # than recomputing ``new & ~grown`` and the union every step); the optimizer state stays
             # out of it so its reset below fuses into the optimizer's own update.
-            do_update = jnp.asarray(algo.is_update_step(step))
+            do_update = jnp.asarray(algo.is_update_step(step)) | _false_after_grads(grads, masks)
             masks, live, ever, stats = jax.lax.cond(do_update, changed, same)
             if algo.hard:
                 # Optimizer state lives on live weights only: zero elsewhere resets the grown ones
