@@ -23,7 +23,6 @@ from sparsejax.core import (
     SparseState,
     forward_params,
     masks_of,
-    reset_where,
     sparse_state,
     sparsify,
 )
@@ -41,6 +40,7 @@ from sparsejax.masks import (
     unpack_masks,
 )
 from sparsejax.metrics import summarize
+from sparsejax.opt_state import keep_where, reset_where
 from sparsejax.registry import ALGORITHMS, from_config
 from sparsejax.selection import ConfigError
 from sparsejax.snapshots import load_masks, save_masks
@@ -75,6 +75,7 @@ __all__ = [
     "pack_masks",
     "pgf",
     "random_mask",
+    "keep_where",
     "reset_where",
     "rigl",
     "save_masks",

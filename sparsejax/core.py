@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from sparsejax import masks as mk
+from sparsejax import opt_state, ordering
 from sparsejax.schedules import never
 
 PyTree = Any
@@ -97,48 +98,6 @@ def _with_param_sharding(mask: Array, param: Any) -> Array:
     return jax.device_put(mask, sharding)
 
 
-def _map_params_like(opt_state: PyTree, flags: PyTree, params: PyTree, fn: Callable) -> PyTree:
-    """Applies ``fn(x, flag)`` to each leaf of every params-shaped subtree of ``opt_state``.
-
-    Momentum, Adam moments, Lion's trace, any per-parameter accumulator of any optax optimizer (chains
-    included) is a subtree with the params' structure and shapes; we find those instead of special-casing
-    a list of optimizer states. DENSE leaves of the mask-shaped ``flags`` are left alone.
-    """
-    treedef = jax.tree.structure(params)
-    shapes = [jnp.shape(p) for p in jax.tree.leaves(params)]
-    # The mask-shaped ``flags`` flattens (markers as leaves) to one entry per params leaf, in order.
-    flat = [None if mk.is_dense(f) else f for f in jax.tree.leaves(flags, is_leaf=mk.is_dense)]
-
-    def params_like(node: Any) -> bool:
-        if jax.tree.structure(node) != treedef:
-            return False
-        return [jnp.shape(x) for x in jax.tree.leaves(node)] == shapes
-
-    def apply(node: Any) -> Any:
-        if not params_like(node):
-            return node
-        leaves = jax.tree.leaves(node)
-        new = [x if f is None else fn(x, f) for x, f in zip(leaves, flat)]
-        return jax.tree.unflatten(treedef, new)
-
-    return jax.tree.map(apply, opt_state, is_leaf=params_like)
-
-
-def reset_where(opt_state: PyTree, where: PyTree, params: PyTree) -> PyTree:
-    """Zeroes every params-shaped subtree of ``opt_state`` (any optax optimizer's per-parameter
-    accumulators) at the positions ``where`` marks."""
-    return _map_params_like(
-        opt_state, where, params, lambda x, f: jnp.where(f, jnp.zeros_like(x), x)
-    )
-
-
-def keep_where(opt_state: PyTree, keep: PyTree, params: PyTree) -> PyTree:
-    """Zeroes every params-shaped subtree of ``opt_state`` outside the positions ``keep`` marks."""
-    return _map_params_like(
-        opt_state, keep, params, lambda x, f: jnp.where(f, x, jnp.zeros_like(x))
-    )
-
-
 def _flip_stats(before: PyTree, after: PyTree, same_count: bool) -> dict[str, Array]:
     """Stats of a mask refresh with no regrowth of dropped units.
 
@@ -155,36 +114,6 @@ def _mask_stats(before: PyTree, after: PyTree, grown: PyTree) -> dict[str, Array
     n_grown = mk.count_active(grown)
     dropped = mk.count_active(before) - mk.count_active(after) + n_grown
     return {"dropped": dropped, "grown": n_grown, "sad": mk.hamming(before, after)}
-
-
-def _never(stats: dict[str, Array]) -> Array:
-    """A traced False computed from ``stats``: a value built with it is ordered after the stats.
-
-    A donated state leaf that is read during the step and rewritten at its end gets written in place
-    once XLA knows every read comes first; otherwise XLA copies it and orders the write after the
-    copy. Measured: 3 -> 1 mask copies per non-update step (1-3% of the MLP step) and 5% of the MLP's
-    PGF step for the decay scalar. On the STE family's per-step mask refresh it measured no faster.
-    """
-    return stats["sad"] < 0
-
-
-def _after(masks: PyTree, stats: dict[str, Array]) -> PyTree:
-    """``masks`` ordered after ``stats`` (which read the old masks), see :func:`_never`."""
-    never = _never(stats)
-    return mk.map_sparse(lambda m: m | never, masks)
-
-
-def _false_after_grads(grads: PyTree, masks: PyTree) -> Array:
-    """A traced False read from one element of each sparsified leaf's gradient.
-
-    The forward pass reads the masks (``forward_params``) that the mask-update ``lax.cond`` rewrites
-    in the donated buffers. With this in the cond's predicate the cond runs after the gradients, hence
-    after those reads, and XLA writes in place; without it XLA copied every mask on entry to the step
-    (and, with params kept masked, some weights too). Measured on the MLP's SET non-update step:
-    1.16x -> 1.10x the dense step. No NaN or inf makes it true. (Sharded gradients: one scalar each.)
-    """
-    first = lambda m, g: jnp.abs(g.ravel()[0]) if g.size else jnp.float32(0)  # noqa: E731
-    return sum(mk.sparse_leaves(mk.map_sparse(first, masks, grads)), jnp.float32(0)) > jnp.inf
 
 
 def sparsify(
@@ -238,7 +167,7 @@ def sparsify(
             def changed():
                 new, grown = algo.update_masks(masks, params, grads, step, key)
                 new_stats = _mask_stats(masks, new, grown)
-                new = _after(new, new_stats)
+                new = ordering.masks_after(new, new_stats)
                 # Grown weights get no gradient this step either, so they are exactly 0 after it.
                 live = mk.difference(new, grown)
                 return new, live, mk.union(ever, new), new_stats
@@ -249,14 +178,16 @@ def sparsify(
             # Only bool pytrees pass through the cond (a non-update step copies the masks once, cheaper
             # than recomputing ``new & ~grown`` and the union every step); the optimizer state stays
             # out of it so its reset below fuses into the optimizer's own update.
-            do_update = jnp.asarray(algo.is_update_step(step)) | _false_after_grads(grads, masks)
+            do_update = jnp.asarray(algo.is_update_step(step)) | ordering.false_after_grads(
+                grads, masks
+            )
             masks, live, ever, stats = jax.lax.cond(do_update, changed, same)
             if algo.hard:
                 # Optimizer state lives on live weights only: zero elsewhere resets the grown ones
                 # and changes no weight (outside ``live`` the updates are masked anyway).
-                inner_state = keep_where(inner_state, live, params)
+                inner_state = opt_state.keep_where(inner_state, live, params)
             else:  # dense weights keep learning: reset the grown positions only
-                inner_state = reset_where(inner_state, mk.difference(masks, live), params)
+                inner_state = opt_state.reset_where(inner_state, mk.difference(masks, live), params)
         if algo.grad_transform is not None:
             grads = algo.grad_transform(grads, params, masks)
         if algo.hard:
@@ -271,8 +202,10 @@ def sparsify(
             stats = _flip_stats(before, masks, algo.refresh_keeps_count)
             ever = mk.union(ever, masks)
         decay = state.decay
-        if algo.decay is not None:  # written after the step's last reads, in place (``_never``)
-            decay = jnp.where(_never(stats), decay, jnp.float32(algo.decay(new_step)))
+        if algo.decay is not None:  # written after the step's last reads, in place
+            decay = jnp.where(
+                ordering.false_after_stats(stats), decay, jnp.float32(algo.decay(new_step))
+            )
         new_state = SparseState(inner_state, masks, new_step, state.key, decay, ever, stats)
         return updates, new_state
 
