@@ -41,7 +41,8 @@ def false_after_grads(grads: PyTree, masks: PyTree) -> Array:
     in the donated buffers. With this in the cond's predicate the cond runs after the gradients, hence
     after those reads, and XLA writes in place; without it XLA copied every mask on entry to the step
     (and, with params kept masked, some weights too). Measured on the MLP's SET non-update step:
-    1.16x -> 1.10x the dense step. No NaN or inf makes it true. (Sharded gradients: one scalar each.)
+    1.16x -> 1.10x the dense step. No NaN or inf makes it true. Indexing, not flattening: on a
+    sharded gradient only the scalar moves (one all-reduce for all leaves), never the leaf.
     """
-    first = lambda m, g: jnp.abs(g.ravel()[0]) if g.size else jnp.float32(0)  # noqa: E731
+    first = lambda m, g: jnp.abs(g[(0,) * g.ndim]) if g.size else jnp.float32(0)  # noqa: E731
     return sum(mk.sparse_leaves(mk.map_sparse(first, masks, grads)), jnp.float32(0)) > jnp.inf
