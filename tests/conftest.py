@@ -78,6 +78,22 @@ def make_step(model: nn.Module, tx: optax.GradientTransformation):
     return step
 
 
+def donated_step_hlo(tx: optax.GradientTransformation, params: dict, x: jax.Array) -> str:
+    """Compiled HLO of a donated train step of ``tanh(x @ w1) @ w2`` through ``sj.forward_params``
+    (params ``{"w1", "w2"}``; shardings are kept), for tests of what XLA copies or gathers."""
+
+    def loss(p, state):
+        fw = sj.forward_params(p, state)
+        return jnp.sum(jnp.tanh(x @ fw["w1"]) @ fw["w2"])
+
+    def step(p, state):
+        updates, state = tx.update(jax.grad(loss)(p, state), state, p)
+        return optax.apply_updates(p, updates), state
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    return step.lower(params, tx.init(params)).compile().as_text()
+
+
 def accuracy(model: nn.Module, params, state, x, y) -> float:
     """Held-out accuracy with the forward weights."""
     logits = jax.jit(lambda p, s, x: model.apply({"params": sj.forward_params(p, s)}, x))(
