@@ -150,9 +150,10 @@ def bench_model(name, model, x, y, rounds, steps):
     for k, (step, _) in runs.items():  # compile outside the timed rounds
         states[k] = step(*states[k], x, y)
     times = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, (step, _) in runs.items():
-            dt, states[k] = time_steps(step, *states[k], x, y, steps)
+    order = list(runs)
+    for r in range(rounds):  # odd rounds run backwards: no variant always follows the same one
+        for k in order if r % 2 == 0 else order[::-1]:
+            dt, states[k] = time_steps(runs[k][0], *states[k], x, y, steps)
             times[k].append(dt)
     wall = {k: statistics.median(t[0] for t in v) for k, v in times.items()}
     cpu = {k: statistics.median(t[1] for t in v) for k, v in times.items()}

@@ -138,6 +138,8 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
             log.write(row)
         return result
 
+    mask_stats = jax.jit(lambda opt_state: sj.sparse_state(opt_state).stats)
+
     def log_train(step: int, window: list, elapsed: float, mask_update: bool) -> dict[str, float]:
         """Write the train row for update ``step`` (0-based) averaging ``window``; returns the means."""
         means = _mean(window)
@@ -149,9 +151,10 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
         row.update(lr=float(lr_fn(step)), step_time_s=elapsed / timed if timed else first_step_s)
         if has_first:
             row["first_step_s"] = first_step_s
-        if mask_update:
-            row.update(jax.device_get(sj.sparse_state(state["opt_state"]).stats))
+        if mask_update or algo.refresh_masks is not None:  # the STE family's masks move every step
+            row.update(jax.device_get(mask_stats(state["opt_state"])))
             row["itop"] = float(sj.metrics.itop(state["opt_state"]))
+        if mask_update:
             snapshot_masks(step + 1)
         log.write(row, per_leaf)
         bar.set_postfix(

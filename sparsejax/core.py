@@ -43,7 +43,22 @@ class SparseState(NamedTuple):
     key: Array  # PRNG key; folded with the step, never split in place
     decay: Array  # f32, forward contribution of pruned weights (PGF MDGF), 0 otherwise
     ever_active: PyTree  # union of all masks so far (ITOP rate)
-    stats: dict[str, Array]  # int32 counts from the latest mask update: dropped, grown, sad
+    counts: dict[str, Array]  # int32 dropped, grown, sad of the latest ``update_masks``
+    previous: PyTree  # masks before the latest refresh (STE family); DENSE markers otherwise
+
+    @property
+    def stats(self) -> dict[str, Array]:
+        """int32 ``dropped``, ``grown``, ``sad`` of the latest mask change.
+
+        The STE family changes its masks every step, so its counts are taken here, when asked for
+        (e.g. on logging steps), from ``previous`` and ``masks``: a count in every step cost 4-5% of
+        the MLP's STE step (docs/design.md).
+        """
+        if not mk.sparse_leaves(self.previous):
+            return self.counts
+        dropped = mk.count_active(mk.difference(self.previous, self.masks))
+        grown = mk.count_active(mk.difference(self.masks, self.previous))
+        return {"dropped": dropped, "grown": grown, "sad": dropped + grown}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +72,6 @@ class SparseAlgorithm:
       is_update_step: ``step -> bool``; works on Python ints and traced scalars.
       refresh_masks: ``(new_params, masks, step) -> masks`` for STE-like methods: the mask the next
         forward uses, recomputed from the updated dense weights every step.
-      refresh_keeps_count: ``refresh_masks`` never changes a leaf's number of actives (N:M, per-leaf
-        top-k), so every dropped weight is matched by a grown one and the flip stats take one count.
       hard: masked-dense training (weights outside the mask are exactly 0). False for STE-like methods,
         whose dense weights keep learning.
       decay: ``step -> f32`` forward weight of pruned positions (PGF); None means 0.
@@ -71,7 +84,6 @@ class SparseAlgorithm:
     update_masks: Callable[..., MaskUpdate] | None = None
     is_update_step: Callable[[Any], Any] = never
     refresh_masks: Callable[[PyTree, PyTree, Array], PyTree] | None = None
-    refresh_keeps_count: bool = False
     hard: bool = True
     decay: Callable[[Array], Array] | None = None
     grad_transform: Callable[[PyTree, PyTree, PyTree], PyTree] | None = None
@@ -98,22 +110,14 @@ def _with_param_sharding(mask: Array, param: Any) -> Array:
     return jax.device_put(mask, sharding)
 
 
-def _flip_stats(before: PyTree, after: PyTree, same_count: bool) -> dict[str, Array]:
-    """Stats of a mask refresh with no regrowth of dropped units.
-
-    A count costs about as much as the refresh itself on a memory-bound step (4-5% of the MLP's
-    STE step, measured), so when the refresh keeps every leaf's count, ``grown = dropped``.
-    """
-    dropped = mk.count_active(mk.difference(before, after))
-    # A copy, not the same array: state fields never share buffers (the state may be donated).
-    grown = jnp.copy(dropped) if same_count else mk.count_active(mk.difference(after, before))
-    return {"dropped": dropped, "grown": grown, "sad": dropped + grown}
-
-
 def _mask_stats(before: PyTree, after: PyTree, grown: PyTree) -> dict[str, Array]:
     n_grown = mk.count_active(grown)
     dropped = mk.count_active(before) - mk.count_active(after) + n_grown
     return {"dropped": dropped, "grown": n_grown, "sad": mk.hamming(before, after)}
+
+
+def _no_masks(masks: PyTree) -> PyTree:
+    return jax.tree.map(lambda m: mk.DENSE, masks, is_leaf=mk.is_dense)
 
 
 def sparsify(
@@ -147,7 +151,8 @@ def sparsify(
             key=jnp.array(base_key, copy=True),
             decay=jnp.asarray(decay, jnp.float32),
             ever_active=mk.map_sparse(jnp.copy, masks),
-            stats={"dropped": zero(), "grown": zero(), "sad": zero()},
+            counts={"dropped": zero(), "grown": zero(), "sad": zero()},
+            previous=mk.map_sparse(jnp.copy, masks) if algo.refresh_masks else _no_masks(masks),
         )
 
     def update_fn(grads: PyTree, state: SparseState, params: PyTree | None = None, **extra):
@@ -157,7 +162,7 @@ def sparsify(
             state.step,
             state.masks,
             state.ever_active,
-            state.stats,
+            state.counts,
             state.inner,
         )
         live = masks
@@ -196,17 +201,18 @@ def sparsify(
         new_step = step + 1
         if algo.hard:
             updates = mk.map_params(lambda m, u, p: jnp.where(m, u, -p), live, updates, params)
+        previous = state.previous
         if algo.refresh_masks is not None:
-            before = masks
+            previous = masks
             masks = algo.refresh_masks(optax.apply_updates(params, updates), masks, new_step)
-            stats = _flip_stats(before, masks, algo.refresh_keeps_count)
             ever = mk.union(ever, masks)
         decay = state.decay
         if algo.decay is not None:  # written after the step's last reads, in place
-            decay = jnp.where(
-                ordering.false_after_stats(stats), decay, jnp.float32(algo.decay(new_step))
-            )
-        new_state = SparseState(inner_state, masks, new_step, state.key, decay, ever, stats)
+            never = ordering.false_after_grads(grads, masks)
+            decay = jnp.where(never, decay, jnp.float32(algo.decay(new_step)))
+        new_state = SparseState(
+            inner_state, masks, new_step, state.key, decay, ever, stats, previous
+        )
         return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

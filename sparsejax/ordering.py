@@ -22,8 +22,8 @@ Array = jax.Array
 def false_after_stats(stats: dict[str, Array]) -> Array:
     """A traced False computed from the mask ``stats``: a value built with it is ordered after them.
 
-    Measured: 3 -> 1 mask copies per non-update step (1-3% of the MLP step) and 5% of the MLP's PGF
-    step for the decay scalar. On the STE family's per-step mask refresh it measured no faster.
+    Measured: 3 -> 1 mask copies per non-update step (1-3% of the MLP step). On the STE family's
+    per-step mask refresh it measured no faster.
     """
     return stats["sad"] < 0
 
@@ -46,6 +46,8 @@ def false_after_grads(grads: PyTree, masks: PyTree) -> Array:
     (params kept masked: 1.03 -> 1.00). Waiting for one leaf's gradient instead removed the mask
     copies only and measured 1.09 (1.06). The price: the optimizer no longer overlaps the backward
     pass, which cost the CNN's masked SET step 4% of wall-clock time, no CPU time, on 2 cores.
+    PGF's decay scalar, read by the forward pass and rewritten at the end of the step, is ordered by it
+    too (an unordered write made XLA copy it, 5% of the MLP's PGF step).
     No NaN or inf makes it true; indexing, not flattening, moves only scalars off sharded gradients.
     """
     first = lambda m, g: jnp.abs(g[(0,) * g.ndim]) if g.size else jnp.float32(0)  # noqa: E731

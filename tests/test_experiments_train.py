@@ -215,3 +215,8 @@ def test_every_config_runs_a_few_steps(name, tmp_path):
     assert result["step"] == 3 and np.isfinite(result["train_loss"])
     rows = _rows(str(tmp_path))
     assert rows[-1]["split"] == "eval" and 0 <= rows[-1]["sparsity"] < 1
+    if config.sparsity.algorithm in ("ste", "sr_ste", "pgf"):  # masks move every step: every row
+        train_rows = [r for r in rows if r["split"] == "train"]
+        assert [r["step"] for r in train_rows] == [1, 2, 3]
+        for r in train_rows:
+            assert r["sad"] == r["dropped"] + r["grown"] and 0 < r["itop"] <= 1

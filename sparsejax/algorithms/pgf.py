@@ -65,7 +65,6 @@ def pgf(
             name="pgf",
             init_masks=lambda params, key: masks_at(params, 0),
             refresh_masks=lambda new_params, masks, step: masks_at(new_params, step),
-            refresh_keeps_count=True,  # one N:M pattern throughout
             hard=False,
             decay=delta,
             seed=seed,

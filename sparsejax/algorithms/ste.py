@@ -78,7 +78,6 @@ def ste(
         name="ste",
         init_masks=lambda params, key: masks_from(params),
         refresh_masks=lambda new_params, masks, step: masks_from(new_params),
-        refresh_keeps_count=True,
         hard=False,
         seed=seed,
     )
@@ -114,7 +113,6 @@ def sr_ste(
         name="sr_ste",
         init_masks=lambda params, key: masks_from(params),
         refresh_masks=lambda new_params, masks, step: masks_from(new_params),
-        refresh_keeps_count=True,
         hard=False,
         grad_transform=_refined(decay),
         seed=seed,
