@@ -6,6 +6,7 @@ Everything is JAX's own machinery (``jax.sharding.Mesh`` + ``NamedSharding``); t
 - params: FSDP style, the largest axis divisible by the ``fsdp`` mesh axis is sharded over it;
 - every params-shaped subtree of an optimizer state (masks, ``ever_active``, momentum, Adam moments, any
   optax accumulator) gets exactly its param's sharding, so mask updates and optimizer updates are local;
+  bit-packed masks (the STE family's ``previous``) keep it too where the packed last axis allows;
 - everything else (step counters, PRNG keys, scalars, BatchNorm statistics) is replicated;
 - batches are split along their leading axis over the ``data`` and ``fsdp`` axes together.
 
@@ -86,6 +87,27 @@ def _params_like(node: Any, treedef: Any, shapes: list[tuple[int, ...]]) -> bool
     return all(mk.is_dense(x) or np.shape(x) == s for x, s in zip(leaves, shapes))
 
 
+def _packed_like(node: Any, treedef: Any, shapes: list[tuple[int, ...]]) -> bool:
+    """True for a tree of :func:`sparsejax.masks.pack_masks` outputs of a mask tree."""
+    if mk.is_dense(node) or jax.tree.structure(node, is_leaf=mk.is_dense) != treedef:
+        return False
+    leaves = jax.tree.leaves(node, is_leaf=mk.is_dense)
+    return any(not mk.is_dense(x) for x in leaves) and all(
+        mk.is_dense(x)
+        or (x.dtype == np.uint8 and len(s) and np.shape(x) == (*s[:-1], -(-s[-1] // 8)))
+        for x, s in zip(leaves, shapes)
+    )
+
+
+def _packed_sharding(x: Any, param_sh: NamedSharding, mesh: Mesh) -> NamedSharding:
+    """The param's sharding when it fits the packed shape (packing runs along the last axis)."""
+    spec = tuple(param_sh.spec) + (None,) * (np.ndim(x) - len(param_sh.spec))
+    last = spec[-1] if spec else None
+    if last is None or np.shape(x)[-1] % mesh_size(mesh, last) == 0:
+        return param_sh
+    return NamedSharding(mesh, fsdp_spec(np.shape(x), mesh))
+
+
 def shardings(tree: PyTree, params: PyTree, param_sh: PyTree, mesh: Mesh) -> PyTree:
     """A ``NamedSharding`` per leaf of ``tree`` (a train state, an optimizer state, ...).
 
@@ -99,13 +121,17 @@ def shardings(tree: PyTree, params: PyTree, param_sh: PyTree, mesh: Mesh) -> PyT
     replicated = NamedSharding(mesh, P())
 
     def like(node: Any) -> bool:
-        return _params_like(node, treedef, shapes)
+        return _params_like(node, treedef, shapes) or _packed_like(node, treedef, shapes)
 
     def assign(node: Any) -> Any:
         if not like(node):
             return jax.tree.map(lambda _: replicated, node)
+        packed = not _params_like(node, treedef, shapes)
         leaves = jax.tree.leaves(node, is_leaf=mk.is_dense)
-        out = [x if mk.is_dense(x) else s for x, s in zip(leaves, sh_leaves)]
+        out = [
+            x if mk.is_dense(x) else _packed_sharding(x, s, mesh) if packed else s
+            for x, s in zip(leaves, sh_leaves)
+        ]
         return jax.tree.unflatten(treedef, out)
 
     return jax.tree.map(assign, tree, is_leaf=like)

@@ -70,6 +70,12 @@ SCRIPT = textwrap.dedent(
                     if hasattr(mu, "mu"):
                         got = [a.sharding.spec for a in jax.tree.leaves(mu.mu)]
                         assert got == [s.spec for s in jax.tree.leaves(psh)], (name, got)
+                # bit-packed previous masks (STE family) stay sharded like their params
+                prev = jax.tree.leaves(sj.sparse_state(state).previous)
+                want = jax.tree.leaves(shd.shardings(sj.sparse_state(state).previous, params, psh, mesh))
+                assert len(prev) == len(want) and bool(prev) == (algo.refresh_masks is not None), name
+                for a, s in zip(prev, want):
+                    assert a.sharding.spec == s.spec and not a.sharding.is_fully_replicated, (name, a.sharding)
                 # the mask update alone: no all-gather anywhere in the compiled program
                 masks = sj.masks_of(state)
                 key = jax.random.PRNGKey(3)
