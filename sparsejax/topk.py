@@ -8,9 +8,11 @@ and a fixed 32-step bisection finds the largest key ``T`` with ``count(key >= T)
 comparison and a reduction per leaf, which XLA shards like any other reduction.
 
 Positions tied at the threshold are resolved by a second bisection on keys that are unique by
-construction: ``index * a + b (mod 2**32)`` with ``a`` odd is a bijection, so with ``a, b`` drawn from a
-PRNG key the tie order is random, and without a PRNG key it is index order. The result always has exactly
-``min(k, #eligible)`` winners.
+construction: a keyed mixing hash of the flat index (:func:`mix_index`: xor-shift/multiply rounds, each a
+bijection of uint32) orders the positions in a pseudo-random permutation drawn by the PRNG key, so the
+winners among ties are a uniformly random subset; without a PRNG key the order is index order. The result
+always has exactly ``min(k, #eligible)`` winners. (An affine order ``index * a + b`` would be a bijection
+too, but a Weyl sequence: its winners form a lattice with three distinct gaps, not a random subset.)
 
 Several arrays can be searched in one loop, either jointly (one threshold: global pruning) or as
 independent groups (one threshold per leaf): a whole network's per-leaf top-k costs two loops, not two
@@ -56,6 +58,27 @@ def ordered_key(scores: Array, salt: Array | int = 0) -> Array:
 def magnitude_key(x: Array, salt: Array | int = 0) -> Array:
     """uint32 keys ordered like ``|x|``: the float bits without the sign bit."""
     return _bits(x, salt) & ~_SIGN
+
+
+def _lowbias32(x: Array) -> Array:
+    # xor-shift / odd-multiply rounds (constants from Wellons' hash-prospector "lowbias32"): each step
+    # is a bijection of uint32, and one flipped input bit flips about half of the output bits.
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def mix_index(index: Array, seeds: Array) -> Array:
+    """A keyed pseudo-random permutation of uint32: ``index`` -> unique uint32 rank keys.
+
+    Two hash rounds, each keyed by one word of ``seeds`` (uint32, shape (2,)), mixed in by xor before
+    and by add between: a bijection for any ``seeds``, so ranking positions by it is exact (no two keys
+    tie), and different seeds give orders that look independent. Elementwise on the global flat index,
+    so sharded leaves get the same order as unsharded ones with no communication.
+    """
+    return _lowbias32(_lowbias32(index ^ seeds[0]) + seeds[1])
 
 
 def _chunk(n: int) -> int:
@@ -184,11 +207,8 @@ def topk_masks(
             lambda i, th, salt: (key_of(i, salt) >= th) & ok(i, salt), groups, k
         )
 
-    if key is None:
-        a, b = jnp.uint32(0xFFFFFFFF), jnp.uint32(0xFFFFFFFF)  # b - index: lower index wins
-    else:
-        a, b = jax.random.bits(key, (2,), jnp.uint32)
-        a = a | jnp.uint32(1)
+    # Without a key, ``~index``: the lower index wins.
+    seeds = None if key is None else jax.random.bits(key, (2,), jnp.uint32)
     offsets = [0]
     for shape in shapes[:-1]:
         offsets.append(offsets[-1] + math.prod(shape))
@@ -200,7 +220,7 @@ def topk_masks(
         for d in reversed(range(len(shape))):
             axis = jax.lax.broadcasted_iota(jnp.uint32, shape, d) ^ jnp.uint32(salt)
             idx, stride = idx + axis * jnp.uint32(stride), stride * shape[d]
-        return idx * a + b
+        return ~idx if seeds is None else mix_index(idx, seeds)
 
     def tie(i: int, salt: Array | int = 0) -> Array:
         return (key_of(i, salt) == t[groups[i]]) & ok(i, salt)
