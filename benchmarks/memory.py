@@ -87,7 +87,7 @@ def main() -> None:
         state = jax.eval_shape(tx.init, params)
         return abstract(state, shd.shardings(state, params, psh, mesh))
 
-    dense_tx, sparse_tx = optax.adam(1e-3), sj.sparsify(optax.adam(1e-3), algo)
+    dense_tx, sparse_tx = optax.adam(1e-3), sj.sparsify(optax.adam(1e-3), algo, track_metrics=True)
 
     def dense_step(p, s, x, y):
         g = jax.grad(loss_fn)(p, x, y)
@@ -99,25 +99,23 @@ def main() -> None:
         u, s = sparse_tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
+    def with_masks(s, fn, *like):
+        ever = fn(s.metrics.ever_active, *like)
+        return s._replace(masks=fn(s.masks, *like), metrics=s.metrics._replace(ever_active=ever))
+
     def packed_step(p, s, x, y):
-        s = s._replace(
-            masks=sj.unpack_masks(s.masks, p), ever_active=sj.unpack_masks(s.ever_active, p)
-        )
-        p, s = sparse_step(p, s, x, y)
-        return p, s._replace(masks=sj.pack_masks(s.masks), ever_active=sj.pack_masks(s.ever_active))
+        p, s = sparse_step(p, with_masks(s, sj.unpack_masks, p), x, y)
+        return p, with_masks(s, sj.pack_masks)
 
     sparse_state = build(sparse_tx)
-    packed = jax.eval_shape(
-        lambda s: s._replace(
-            masks=sj.pack_masks(s.masks), ever_active=sj.pack_masks(s.ever_active)
-        ),
-        sparse_state,
-    )
+    packed = jax.eval_shape(lambda s: with_masks(s, sj.pack_masks), sparse_state)
     # Packed masks keep their param's spec: packing runs along the last axis, the split is on axis 0.
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    packed_sh = shd.shardings(packed, params, psh, mesh)._replace(
-        masks=sj.masks.map_sparse(lambda m, s: s, packed.masks, psh),
-        ever_active=sj.masks.map_sparse(lambda m, s: s, packed.ever_active, psh),
+    packed_sh = shd.shardings(packed, params, psh, mesh)
+    like_params = lambda t: sj.masks.map_sparse(lambda m, s: s, t, psh)  # noqa: E731
+    packed_sh = packed_sh._replace(
+        masks=like_params(packed.masks),
+        metrics=packed_sh.metrics._replace(ever_active=like_params(packed.metrics.ever_active)),
     )
     packed_state = abstract(packed, jax.tree.map(lambda s: s or rep, packed_sh))
 

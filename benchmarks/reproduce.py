@@ -26,10 +26,12 @@ import numpy as np
 import optax
 
 import sparsejax as sj
-from experiments import sources
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # reproduce_report; experiments/ lives in the checkout
 from reproduce_report import NM, PATTERNS, SPARSITIES, UNSTRUCTURED, write  # noqa: E402
+
+from experiments import sources  # noqa: E402
 
 
 class MLP(nn.Module):
@@ -66,7 +68,11 @@ def make_algo(name: str, level: float | tuple[int, int] | None, steps: int) -> s
     if name in NM:
         n, m = level
         if name == "pgf":
-            return sj.pgf(n, m, decay="linear", coef=1.0 / end, end_step=end, skip_indivisible=True)
+            return sj.pgf(
+                n, m, pgf_decay="linear", pgf_coef=1.0 / end, end_step=end, skip_indivisible=True
+            )
+        if name == "maskllm":
+            return sj.maskllm(n, m, num_steps=steps, skip_indivisible=True)
         if name == "sr_ste":
             return sj.sr_ste(n, m, skip_indivisible=True)
         return sj.ste(n=n, m=m, skip_indivisible=True)
@@ -78,6 +84,9 @@ def make_algo(name: str, level: float | tuple[int, int] | None, steps: int) -> s
         "set": lambda: sj.set_sparse(s, distribution="erk", **drop),
         "rigl": lambda: sj.rigl(s, distribution="erk", **drop),
         "granet": lambda: sj.granet(s, distribution="erk", start_step=steps // 10, **drop),
+        "snip": lambda: sj.snip(s),
+        # sparse (static ERK) for 75% of training, then dense fine-tuning
+        "spdf": lambda: sj.spdf(s, sparse_phase="static", release_step=end, distribution="erk"),
     }[name]()
 
 
@@ -106,12 +115,14 @@ def make_runner(model: nn.Module, algo: sj.SparseAlgorithm, steps: int, lr: floa
         logits = model.apply({"params": sj.forward_params(p, s)}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+    grad_fn = sj.value_and_grad(loss_fn)  # also the gradients of learned algorithm state (MaskLLM)
+
     @jax.jit
     def train(params, state, data, idx):
         def body(carry, ix):
             p, s = carry
-            loss, g = jax.value_and_grad(loss_fn)(p, s, data["x_train"][ix], data["y_train"][ix])
-            u, s = tx.update(g, s, p)
+            loss, (g, ga) = grad_fn(p, s, data["x_train"][ix], data["y_train"][ix])
+            u, s = tx.update(g, s, p, algo_grads=ga)
             return (optax.apply_updates(p, u), s), loss
 
         (p, s), losses = jax.lax.scan(body, (params, state), idx)
@@ -141,9 +152,9 @@ def batch_indices(seed: int, steps: int, batch: int, n: int) -> np.ndarray:
 def plan(quick: bool, models: list[str], core: bool) -> list[tuple[str, str, Any]]:
     """(model, algorithm, level) of every configuration; ``core``: 90% and 1:8 only, no GMP/GraNet."""
     if quick:
-        return [("mlp", "dense", None)] + [("mlp", a, 0.9) for a in ("static_erk", "set", "rigl")] + [
-            ("mlp", a, (1, 8)) for a in ("ste", "sr_ste", "pgf")
-        ]  # fmt: skip
+        return [("mlp", "dense", None)] + [
+            ("mlp", a, 0.9) for a in ("static_erk", "set", "rigl", "snip", "spdf")
+        ] + [("mlp", a, (1, 8)) for a in NM]  # fmt: skip
     unstructured = UNSTRUCTURED[:2] + UNSTRUCTURED[3:5] if core else UNSTRUCTURED
     out = []
     for model in models:

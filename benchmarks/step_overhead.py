@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import os
 import platform
@@ -72,7 +73,14 @@ ALGOS = {
 }
 
 
-def make_step(model, tx, assume_masked=False):
+def sparsify(algo):
+    """``sj.sparsify`` as the trainer builds it (metrics tracked); older checkouts always tracked."""
+    tracked = "track_metrics" in inspect.signature(sj.sparsify).parameters
+    kw = {"track_metrics": True} if tracked else {}
+    return sj.sparsify(optax.adam(1e-3), algo, **kw)
+
+
+def make_step(model, tx, assume_masked=False, donate=True):
     def loss_fn(p, state, x, y):
         fwd = sj.forward_params(p, state, assume_masked=assume_masked)
         logits = model.apply({"params": fwd}, x)
@@ -85,7 +93,7 @@ def make_step(model, tx, assume_masked=False):
     if tx is None:
         inner = optax.adam(1e-3)
 
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
         def dense_step(p, s, x, y):
             g = jax.grad(dense_loss)(p, x, y)
             u, s = inner.update(g, s, p)
@@ -93,7 +101,7 @@ def make_step(model, tx, assume_masked=False):
 
         return dense_step, inner
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))  # as a real training loop would
+    @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
     def step(p, s, x, y):
         g = jax.grad(loss_fn)(p, s, x, y)
         u, s = tx.update(g, s, p)
@@ -103,7 +111,8 @@ def make_step(model, tx, assume_masked=False):
 
 
 def time_steps(step, p, s, x, y, n):
-    """Mean (wall, CPU) seconds per step over ``n`` steps, and the advanced (p, s) (inputs are donated)."""
+    """Mean (wall, CPU) seconds per step over ``n`` steps, and the advanced (p, s) (inputs may be
+    donated)."""
     p, s = step(p, s, x, y)  # the first call may hit a mask update; keep timing steady-state
     jax.block_until_ready(p)
     t, c = time.perf_counter(), time.process_time()
@@ -132,15 +141,15 @@ def ratio_rows(med: dict[str, float]) -> dict[str, dict]:
     return rows
 
 
-def bench_model(name, model, x, y, rounds, steps):
+def bench_model(name, model, x, y, rounds, steps, donate):
     params = model.init(jax.random.PRNGKey(0), x)["params"]
-    runs = {"dense": make_step(model, None)}
+    runs = {"dense": make_step(model, None, donate=donate)}
     for algo, (rare, every) in ALGOS.items():
-        runs[algo] = make_step(model, sj.sparsify(optax.adam(1e-3), rare()))
+        runs[algo] = make_step(model, sparsify(rare()), donate=donate)
         if every is not None:
-            runs[f"{algo}@update"] = make_step(model, sj.sparsify(optax.adam(1e-3), every()))
+            runs[f"{algo}@update"] = make_step(model, sparsify(every()), donate=donate)
         if rare().hard:  # params kept masked, no multiply in the forward pass
-            runs[f"{algo}@masked"] = make_step(model, sj.sparsify(optax.adam(1e-3), rare()), True)
+            runs[f"{algo}@masked"] = make_step(model, sparsify(rare()), True, donate)
     copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (donated buffers must not be shared)
     states = {}
     for k, (_, tx) in runs.items():
@@ -188,7 +197,8 @@ def markdown(meta: dict, results: list[dict]) -> str:
         "",
         f"jax {meta['jax']}, load average {meta['load_avg_1m']:.1f}, {meta['mlp_rounds']} (MLP) / "
         f"{meta['rounds']} (CNN) interleaved rounds x {meta['steps_per_round']} steps, "
-        f"batch {meta['batch']}, Adam, donated buffers; "
+        f"batch {meta['batch']}, Adam, {'donated' if meta.get('donated', True) else 'no donated'} "
+        "buffers (as `experiments.train` on this backend), mask metrics tracked (as the trainer); "
         "medians. Produced by `python benchmarks/step_overhead.py`. *params kept masked*: "
         "`sj.forward_params(..., assume_masked=True)` after masking the initial params (exact for "
         "masked-dense methods), so the forward pass has no mask multiply. Each cell: wall-clock / "
@@ -228,14 +238,27 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument(
+        "--donate",
+        choices=("trainer", "yes", "no"),
+        default="trainer",
+        help="donate the step's buffers; trainer: as experiments.train (everywhere but on CPU)",
+    )
+    ap.add_argument(
         "--out", default=os.path.join(os.path.dirname(__file__), "results", "step_overhead.json")
     )
     args = ap.parse_args()
+    donate = args.donate == "yes" or (args.donate == "trainer" and jax.default_backend() != "cpu")
     key = jax.random.PRNGKey(1)
     y = jax.random.randint(key, (args.batch,), 0, 10)
     results = [
         bench_model(
-            "mlp", MLP(), jax.random.normal(key, (args.batch, 784)), y, args.mlp_rounds, args.steps
+            "mlp",
+            MLP(),
+            jax.random.normal(key, (args.batch, 784)),
+            y,
+            args.mlp_rounds,
+            args.steps,
+            donate,
         ),
         bench_model(
             "cnn",
@@ -244,6 +267,7 @@ def main():
             y,
             args.rounds,
             args.steps,
+            donate,
         ),
     ]
     meta = {
@@ -254,6 +278,7 @@ def main():
         "mlp_rounds": args.mlp_rounds,
         "steps_per_round": args.steps,
         "batch": args.batch,
+        "donated": donate,
     }
     text = markdown(meta, results)
     print(text)

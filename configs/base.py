@@ -1,11 +1,15 @@
 """Defaults for every key a run reads; each config file starts from ``get_base_config()``.
 
 Keys are documented in docs/experiments.md. ``None``-valued keys are typed placeholders, so they can still
-be set from the command line (``--config.sparsity.end_step=500``).
+be set from the command line (``--config.sparsity.end_step=500``). ``config.sparsity`` holds the keyword
+arguments of every registered algorithm: register your own (``sj.register_algorithm``) before calling
+``get_base_config()`` and its arguments become keys too.
 """
 
 import ml_collections
 from ml_collections import config_dict
+
+import sparsejax as sj
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -73,33 +77,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.max_eval_examples = 0  # 0: the whole eval split
     config.data.num_threads = 2
 
+    # Every key of every registered algorithm, with the constructors' defaults (one source of truth;
+    # None: the chosen algorithm's own default). Keys and values: docs/algorithms.md.
     config.sparsity = ml_collections.ConfigDict()
-    s = config.sparsity
-    s.algorithm = "dense"
-    s.sparsity = 0.9
-    s.distribution = "erk"  # uniform | er | erk | custom
-    s.overrides = {}  # regex on leaf path -> sparsity (0.0 keeps it dense), or "regex=s;regex=s"
-    s.dense_first = False
-    s.dense_last = False
-    s.init = "random"  # random | magnitude
-    s.block_size = config_dict.placeholder(tuple)
-    s.update_every = 100
-    s.start_step = 0
-    s.end_step = config_dict.placeholder(int)  # None: 75% of num_steps
-    s.drop_fraction = 0.3
-    s.drop_schedule = config_dict.placeholder(str)  # cosine | constant (None: algorithm default)
-    s.initial_sparsity = 0.0
-    s.n = config_dict.placeholder(int)
-    s.m = config_dict.placeholder(int)
-    s.nm_axis = -2  # contraction axis of Dense (in, out) and Conv (h, w, in, out) kernels
-    s.skip_indivisible = False
-    s.sr_decay = 2e-4
-    s.pgf_mode = "mdgf"  # mdgf | sdgf
-    s.pgf_decay = "linear"  # linear | exp
-    s.pgf_coef = 1e-4
-    s.sdgf_schedule = "sparsify"  # sparsify | fine
-    s.warmup_steps = 0
-    s.seed = 0
+    for key, (default, kind) in sj.registry.config_fields().items():
+        config.sparsity[key] = config_dict.placeholder(kind) if default is None else default
 
     # Device mesh (docs/distributed.md); -1 takes the remaining devices; one device = no sharding.
     config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import NoReturn
 
 from absl import flags
@@ -24,10 +25,27 @@ def one_line(message: str) -> str:
     return lines[0]
 
 
-def fail(message: str) -> NoReturn:
-    """Print ``error: <one line>`` on stderr and exit with status 2."""
+def fail(message: str, status: int = 2) -> NoReturn:
+    """Print ``error: <one line>`` on stderr and exit with ``status`` (2: bad input)."""
     print(f"error: {one_line(message)}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
+
+
+def crash(error: BaseException, traceback_path: str) -> NoReturn:
+    """An unexpected exception: ``error: <Type>: <first line> (traceback in PATH)``, exit status 1.
+
+    The full traceback goes to ``traceback_path``; only if that cannot be written is it printed.
+    """
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    try:
+        with open(traceback_path, "w") as f:
+            traceback.print_exception(error, file=f)
+    except OSError:
+        traceback.print_exception(error)
+        sys.exit(1)
+    print(f"error: {text[:300]} (traceback in {traceback_path})", file=sys.stderr)
+    sys.exit(1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

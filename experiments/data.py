@@ -7,7 +7,7 @@ Images leave the host as uint8; normalisation happens on device inside the jitte
 
 Several processes (``jax.distributed``): each process reads, transforms and batches only its contiguous
 rows of every global batch (``process_count`` equal slices, in process order, as
-``experiments.distributed.process_rows``), with the same record and batch RNG as a single process, so the
+``experiments.multihost.process_rows``), with the same record and batch RNG as a single process, so the
 global batch ``t`` is the same however many processes feed it. Eval batches are split the same way.
 """
 

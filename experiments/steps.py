@@ -85,12 +85,12 @@ def make_steps(
     ``assume_masked``: params are kept exactly 0 outside the masks (see ``init_state(mask_params=)``).
     """
 
-    def forward(state: State, params, images, train: bool, key):
+    def forward(state: State, params, opt_state, images, train: bool, key):
         # uint8 on the wire, normalised on device; ``mean is None``: token ids, fed as they are
         x = images if mean is None else (images.astype(jnp.float32) / 255.0 - mean) / std
         model_state = state["model_state"]
         variables = {
-            "params": sj.forward_params(params, state["opt_state"], assume_masked=assume_masked),
+            "params": sj.forward_params(params, opt_state, assume_masked=assume_masked),
             **model_state,
         }
         if train and model_state:  # BatchNorm: also returns the updated running statistics
@@ -103,14 +103,19 @@ def make_steps(
     def train_step(state: State, batch: Batch):
         key = jax.random.fold_in(state["key"], state["step"])
 
-        def loss_fn(params):
-            logits, model_state = forward(state, params, batch["image"], True, key)
+        def loss_fn(params, opt_state):
+            logits, model_state = forward(state, params, opt_state, batch["image"], True, key)
             loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
             return loss, (logits, model_state)
 
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, model_state)), grads = grad_fn(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        # Gradients w.r.t. the params and the algorithm's own learned state (e.g. mask logits).
+        grad_fn = sj.value_and_grad(loss_fn, has_aux=True)
+        (loss, (logits, model_state)), (grads, algo_grads) = grad_fn(
+            state["params"], state["opt_state"]
+        )
+        updates, opt_state = tx.update(
+            grads, state["opt_state"], state["params"], algo_grads=algo_grads
+        )
         new_state = {
             "params": optax.apply_updates(state["params"], updates),
             "model_state": model_state,
@@ -122,7 +127,9 @@ def make_steps(
         return new_state, {"loss": loss, "accuracy": accuracy}
 
     def eval_step(state: State, batch: Batch) -> dict[str, jax.Array]:
-        logits, _ = forward(state, state["params"], batch["image"], False, state["key"])
+        logits, _ = forward(
+            state, state["params"], state["opt_state"], batch["image"], False, state["key"]
+        )
         mask = batch["mask"].astype(jnp.float32)
         loss = cross_entropy(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)

@@ -28,6 +28,8 @@ from ml_collections import config_flags
 
 from experiments import cli
 from experiments.errors import ConfigError
+from experiments.workdir import ALLOWED as WORKDIR_ALLOWED
+from experiments.workdir import check_workdir
 
 SUMMARY_KEYS = (
     "step",
@@ -173,7 +175,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}")
     if not flags.FLAGS.workdir:
-        cli.fail("--workdir: required; allowed: a directory path whose parent exists")
+        cli.fail(f"--workdir: required; {WORKDIR_ALLOWED}")
     if flags.FLAGS.config is None:
         cli.fail("--config: required, e.g. --config=configs/rigl_resnet.py")
     spec = cli.config_file(flags.FLAGS["config"])
@@ -182,14 +184,11 @@ def main(argv: list[str]) -> None:
     try:
         points = load_points(spec)
         check_points(points, flags.FLAGS.config)
-        if not os.path.isdir(os.path.dirname(os.path.abspath(sweep_dir))):
-            raise ConfigError(
-                f"--workdir={sweep_dir}: parent directory does not exist; create it first"
-            )
+        check_workdir(sweep_dir)
     except (ConfigError, OSError) as e:
         cli.fail(str(e))
     names = point_names(points)
-    os.makedirs(sweep_dir, exist_ok=True)
+    os.makedirs(sweep_dir, exist_ok=True)  # after every check; parents included
     if flags.FLAGS.export == "wandb":
         print(export_wandb(sweep_dir, spec, common, names, points))
         return

@@ -11,6 +11,7 @@ Workdir files: config.json, metrics.jsonl, masks/, checkpoints/, summary.json (s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,15 +32,15 @@ from experiments import (
     checkpointing,
     cli,
     data,
-    distributed,
     metrics_log,
     models,
+    multihost,
     optim,
     steps,
     text,
     validate,
 )
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, config_section
 
 
 class _Preemption:
@@ -75,19 +76,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with (
         jax.threefry_partitionable(bool(config.threefry_partitionable)),
         _Preemption() as preemption,
+        contextlib.ExitStack() as cleanup,  # closes the checkpointer on every exit path
     ):
-        return _train_and_evaluate(config, workdir, preemption)
+        return _train_and_evaluate(config, workdir, preemption, cleanup)
 
 
-def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[str, Any]:
+def _train_and_evaluate(
+    config, workdir: str, preemption: _Preemption, cleanup: contextlib.ExitStack
+) -> dict[str, Any]:
     num_steps = config.num_steps
-    algo = sj.from_config(config.sparsity, num_steps=num_steps)
+    with config_section("sparsity."):
+        algo = sj.from_config(config.sparsity, num_steps=num_steps)
     pipeline = data.build(config)
     model = models.build(config.model, pipeline.info.num_classes)
     inner, lr_fn = optim.build(config.optimizer, num_steps)
-    tx = sj.sparsify(inner, algo)
+    tx = sj.sparsify(inner, algo, track_metrics=True)
     # Masks are created here, so an N:M shape error surfaces before the train step compiles.
-    state = steps.init_state(model, tx, pipeline.image_shape, config.seed, mask_params=algo.hard)
+    with config_section("sparsity."):
+        state = steps.init_state(model, tx, pipeline.image_shape, config.seed, algo.hard)
     models.check_masks(model, sj.masks_of(state["opt_state"]))  # e.g. block_mlp: nnz == mask blocks
 
     train_step, eval_step = steps.make_steps(
@@ -98,16 +104,17 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
         config.optimizer.label_smoothing,
         assume_masked=algo.hard,  # params start masked (init_state) and stay so
     )
-    state, train_step, eval_step = distributed.wire(config, state, train_step, eval_step)
+    state, train_step, eval_step = multihost.wire(config, state, train_step, eval_step)
 
     os.makedirs(os.path.join(workdir, "masks"), exist_ok=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    cleanup.enter_context(ckpt)
     data_state = None
-    if (latest := ckpt.latest_step()) is not None:
-        # After ``wire``: the restore target carries the mesh shardings, so each process reads only
-        # its own shards (never a whole leaf onto one device).
-        state, data_state = ckpt.restore(latest, state)
-        if distributed.mesh_from_config(config) is None:
+    # After ``wire``: the restore target carries the mesh shardings, so each process reads only its
+    # own shards (never a whole leaf onto one device). Unreadable newer checkpoints are moved aside.
+    if (restored := ckpt.restore_latest(state)) is not None:
+        _, state, data_state = restored
+        if multihost.mesh_from_config(config) is None:
             state = steps.commit(state)
     start = int(state["step"])
     summary_path = os.path.join(workdir, "summary.json")
@@ -122,7 +129,7 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
     log = metrics_log.MetricsLog(workdir, config, start, enabled=lead)
 
     def snapshot_masks(step: int) -> None:
-        masks = distributed.to_host(sj.masks_of(state["opt_state"]))  # a collective: every process
+        masks = multihost.to_host(sj.masks_of(state["opt_state"]))  # a collective: every process
         if lead:
             sj.save_masks(os.path.join(workdir, "masks", f"step_{step:07d}.npz"), masks, step=step)
 
@@ -168,7 +175,17 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
     train_iter = pipeline.train_iterator(data_state)
     bar = tqdm.tqdm(total=num_steps, initial=start, disable=not sys.stderr.isatty(), unit="step")
     window, train_metrics, first_step_s = [], {}, None
+    # A window's train time: `window_s` counted before a pause (eval, save) plus the clock since
+    # `t_window`, read only once the dispatched steps have finished (JAX dispatches asynchronously):
+    # one sync per train row, eval or save, never per step.
+    window_s = 0.0
     t_window = t_start = time.perf_counter()
+
+    def finished() -> float:
+        """The clock once every train step dispatched so far has finished."""
+        jax.block_until_ready(state)
+        return time.perf_counter()
+
     # `step` counts the updates done before this one, as SparseState.step and is_update_step do.
     for step in range(start, num_steps):
         state, metrics = train_step(state, next(train_iter))
@@ -181,15 +198,22 @@ def _train_and_evaluate(config, workdir: str, preemption: _Preemption) -> dict[s
             t_window = time.perf_counter()
         mask_update = bool(algo.is_update_step(step))
         if done % config.log_every == 0 or mask_update or done == num_steps:
-            train_metrics = log_train(step, window, time.perf_counter() - t_window, mask_update)
-            window, t_window = [], time.perf_counter()
-        if config.eval_every and done % config.eval_every == 0 and done < num_steps:
-            run_eval(done)
+            elapsed = window_s + finished() - t_window
+            train_metrics = log_train(step, window, elapsed, mask_update)
+            window, window_s, t_window = [], 0.0, time.perf_counter()
+        evaluating = config.eval_every and done % config.eval_every == 0 and done < num_steps
         saving = config.checkpoint_every and done % config.checkpoint_every == 0
+        paused = evaluating or saving or preemption.requested
+        if paused:  # evals and saves are not train time: the window's clock stops meanwhile
+            window_s += finished() - t_window
+        if evaluating:
+            run_eval(done)
         if saving or preemption.requested:
             ckpt.save(done, state, train_iter.get_state())
         if preemption.requested:
             break
+        if paused:
+            t_window = time.perf_counter()
     bar.close()
     result: dict[str, Any] = {"step": int(state["step"]), "preempted": preemption.requested}
     if not preemption.requested:
@@ -233,8 +257,14 @@ def main(argv: list[str]) -> None:
         cli.fail(str(e))
     try:
         result = train_and_evaluate(config, workdir)
-    except (ConfigError, sj.ConfigError) as e:
+    except (ConfigError, checkpointing.CheckpointError) as e:
         cli.fail(str(e))
+    except KeyboardInterrupt:
+        cli.fail("interrupted; re-run the same command to resume from the latest checkpoint", 130)
+    except Exception as e:  # noqa: BLE001 - one line on stderr, the traceback in the workdir
+        index = jax.process_index()
+        name = "traceback.txt" if jax.process_count() == 1 else f"traceback.{index}.txt"
+        cli.crash(e, os.path.join(workdir, name))
     if result.pop("preempted"):
         sys.exit(128 + signal.SIGTERM)
     print(json.dumps(result))

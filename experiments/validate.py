@@ -2,17 +2,17 @@
 
 ``config.sparsity`` is validated by ``sparsejax.from_config`` (and N:M divisibility by ``tx.init``);
 everything else is checked here. Dataset names are checked when the data source is opened (cheap, no
-network), model keys by the model registry.
+network), model keys by the model registry. The workdir is only checked (``experiments.workdir``):
+``train`` creates it, parents included, right before the run starts, so a rejected run leaves nothing.
 """
 
 from __future__ import annotations
-
-import os
 
 import ml_collections
 
 from experiments import data, models, optim
 from experiments.errors import ConfigError
+from experiments.workdir import check_workdir
 
 WANDB_MODES = ("disabled", "offline", "online")
 
@@ -43,22 +43,6 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
             )
         node = node[part]
     return node
-
-
-def check_workdir(workdir: str) -> None:
-    """The workdir may exist (resume) but must be a directory, and its parent must exist."""
-    if not workdir:
-        raise ConfigError("--workdir: empty; allowed: a directory path whose parent exists")
-    path = os.path.abspath(workdir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(
-            f"--workdir={workdir}: exists and is not a directory; allowed: a directory path"
-        )
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        raise ConfigError(
-            f"--workdir={workdir}: parent directory {parent} does not exist; create it first"
-        )
 
 
 def check(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:

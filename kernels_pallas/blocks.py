@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas.format import blocked
+from sparsejax.topk import topk_mask
 
 
 def as_block_shape(block_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -54,16 +55,10 @@ def expand_block_mask(block_mask: jax.Array, block_size: int | tuple[int, int]) 
     return jnp.repeat(jnp.repeat(block_mask, bk, axis=0), bn, axis=1)
 
 
-def _ranks_desc(scores: jax.Array) -> jax.Array:
-    """Rank of every entry in descending order (ties: lower flat index ranks first)."""
-    flat = scores.reshape(-1)
-    order = jnp.argsort(-flat, stable=True)
-    return jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
-
-
 def topk_block_mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
-    """Bool mask (shape of ``scores``) of the ``k`` highest scores; ``k`` may be traced."""
-    return (_ranks_desc(scores) < k).reshape(scores.shape)
+    """Bool mask (shape of ``scores``) of the ``k`` highest scores (ties: lower flat index first);
+    ``k`` may be traced. The sort-free exact top-k of ``sparsejax.topk``."""
+    return topk_mask(scores.astype(jnp.float32), k)
 
 
 def top_block_positions(w: jax.Array, block_size: int | tuple[int, int], nnz: int) -> jax.Array:

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas import gpu, tpu
+from kernels_pallas import autotune_cache, gpu, tpu
 from kernels_pallas.xla_path import XlaConfig
 
 log = logging.getLogger("kernels_pallas")
@@ -152,9 +152,7 @@ def make_plan(
             check_shapes(family, block_shape, tm, dtype)
         p = f"pallas_{family}"
         return Plan(p, p, p, **base)
-    from kernels_pallas import autotune  # lazy: autotune imports ops, which imports this module
-
-    tuned = autotune.lookup(m, shape, block_shape, nnz, dtype)
+    tuned = autotune_cache.lookup(m, shape, block_shape, nnz, dtype)
     if tuned is not None:
         return dataclasses.replace(
             Plan(tuned["fwd"], tuned["dx"], tuned["dw"], **base),

@@ -8,25 +8,20 @@ Typical use::
     loss = lambda p: loss_fn(model.apply(sj.forward_params(p, state), x), y)
 """
 
-from sparsejax import distributions, masks, metrics, schedules, topk
+from sparsejax import distributions, masks, metrics, schedules, topk, tracking
 from sparsejax.algorithms.dense import dense
 from sparsejax.algorithms.gmp import global_magnitude, gmp
 from sparsejax.algorithms.granet import granet
 from sparsejax.algorithms.pgf import pgf
 from sparsejax.algorithms.rigl import rigl
 from sparsejax.algorithms.set_sparse import set_sparse
+from sparsejax.algorithms.snip import snip
+from sparsejax.algorithms.spdf import spdf
 from sparsejax.algorithms.static import static
 from sparsejax.algorithms.ste import sr_ste, sr_ste_decay, ste
-from sparsejax.core import (
-    MaskUpdate,
-    SparseAlgorithm,
-    SparseState,
-    forward_params,
-    masks_of,
-    sparse_state,
-    sparsify,
-)
+from sparsejax.core import MaskUpdate, SparseAlgorithm, SparseState, sparsify
 from sparsejax.distributions import leaf_sparsities
+from sparsejax.forward import masked_forward, straight_through
 from sparsejax.layout import Layout
 from sparsejax.masks import (
     DENSE,
@@ -41,16 +36,15 @@ from sparsejax.masks import (
 )
 from sparsejax.metrics import summarize
 from sparsejax.opt_state import keep_where, reset_where
-from sparsejax.registry import ALGORITHMS, from_config
-from sparsejax.selection import ConfigError
+from sparsejax.registry import ALGORITHMS, from_config, register_algorithm
 from sparsejax.snapshots import load_masks, save_masks
+from sparsejax.state import forward_params, masks_of, sparse_state, value_and_grad
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
     "DENSE",
-    "ConfigError",
     "Layout",
     "MaskUpdate",
     "SparseAlgorithm",
@@ -69,25 +63,32 @@ __all__ = [
     "load_masks",
     "magnitude_mask",
     "masks",
+    "masked_forward",
     "masks_of",
     "metrics",
     "nm_mask",
     "pack_masks",
     "pgf",
     "random_mask",
+    "register_algorithm",
     "keep_where",
     "reset_where",
     "rigl",
     "save_masks",
     "schedules",
     "set_sparse",
+    "snip",
+    "spdf",
     "sparse_state",
     "sparsify",
     "sr_ste",
     "sr_ste_decay",
     "static",
+    "straight_through",
     "ste",
     "summarize",
     "topk",
+    "tracking",
     "unpack_masks",
+    "value_and_grad",
 ]

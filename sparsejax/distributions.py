@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsejax.selection import ConfigError, path_str, sparsifiable
+from sparsejax.selection import path_str, sparsifiable
 
 PyTree = Any
 DISTRIBUTIONS = ("uniform", "er", "erk", "custom")
@@ -45,8 +45,8 @@ def _solve_scaled(
         rest = budget - sum(sizes[n] for n in dense)
         divisor = sum(raw[n] * sizes[n] for n in scaled)
         if rest < 0 or (scaled and divisor <= 0):
-            raise ConfigError(
-                f"sparsity.sparsity={sparsity:g}: overrides/dense leaves already exceed the "
+            raise ValueError(
+                f"sparsity={sparsity:g}: overrides/dense leaves already exceed the "
                 "nonzero budget; allowed: a higher sparsity or sparser overrides"
             )
         if not scaled:
@@ -80,10 +80,10 @@ def leaf_sparsities(
       dense_first, dense_last: keep the first / last sparsifiable layer (call order) dense.
     """
     if not 0.0 <= float(sparsity) < 1.0:
-        raise ConfigError(f"sparsity.sparsity={sparsity}: allowed values are in [0, 1)")
+        raise ValueError(f"sparsity={sparsity}: allowed values are in [0, 1)")
     if distribution not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"sparsity.distribution={distribution!r}: allowed values are {', '.join(DISTRIBUTIONS)}"
+        raise ValueError(
+            f"distribution={distribution!r}: allowed values are {', '.join(DISTRIBUTIONS)}"
         )
     free, fixed = sparsifiable(params, overrides, dense_first, dense_last)
     shapes = {

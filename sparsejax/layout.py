@@ -12,8 +12,7 @@ from typing import Any
 import jax
 
 from sparsejax import masks as mk
-from sparsejax.distributions import leaf_sparsities
-from sparsejax.selection import ConfigError
+from sparsejax.distributions import DISTRIBUTIONS, leaf_sparsities
 
 PyTree = Any
 
@@ -45,12 +44,20 @@ class Layout:
         if self.block_size is not None:
             block = tuple(int(b) for b in self.block_size)
             if len(block) != 2 or min(block) < 1:
-                raise ConfigError(
-                    f"sparsity.block_size={self.block_size}: allowed None or two positive integers"
+                raise ValueError(
+                    f"block_size={self.block_size}: allowed None or two positive integers"
                 )
             object.__setattr__(self, "block_size", block)
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, int | float):
+            raise ValueError(f"sparsity={self.sparsity!r}: allowed values are in [0, 1)")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity={self.sparsity!r}: allowed values are in [0, 1)")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"distribution={self.distribution!r}: allowed values are {', '.join(DISTRIBUTIONS)}"
+            )
         if self.init not in ("random", "magnitude"):
-            raise ConfigError(f"sparsity.init={self.init!r}: allowed values are random, magnitude")
+            raise ValueError(f"init={self.init!r}: allowed values are random, magnitude")
 
     def per_leaf(self, params: PyTree, sparsity: float | None = None) -> dict[str, float]:
         """Leaf path -> sparsity for every sparsified leaf (at ``sparsity`` if given, else the target)."""

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsejax.selection import ConfigError, path_str
+from sparsejax.selection import path_str
 from sparsejax.topk import count_true, topk_mask
 
 PyTree = Any
@@ -79,8 +79,8 @@ def check_block(name: str, shape: tuple[int, ...], block: Block) -> None:
     if block is None:
         return
     if len(shape) < 2 or shape[-2] % block[0] or shape[-1] % block[1]:
-        raise ConfigError(
-            f"sparsity.block_size={tuple(block)}: leaf {name} of shape {shape} is not tiled by it; "
+        raise ValueError(
+            f"block_size={tuple(block)}: leaf {name} of shape {shape} is not tiled by it; "
             "allowed: block sizes dividing the last two axes (or an override keeping the leaf dense)"
         )
 
@@ -123,11 +123,11 @@ def nm_mask(w: Array, n: int, m: int, axis: int = 0, name: str = "array") -> Arr
     leaf. Ties go to the lower index.
     """
     if not 0 < n <= m:
-        raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed 0 < n <= m")
+        raise ValueError(f"n={n}, m={m}: allowed 0 < n <= m")
     length = w.shape[axis]
     if length % m:
-        raise ConfigError(
-            f"sparsity.m={m}: leaf {name} of shape {tuple(w.shape)} has axis {axis} of length "
+        raise ValueError(
+            f"m={m}: leaf {name} of shape {tuple(w.shape)} has axis {axis} of length "
             f"{length}, not a multiple of m; allowed: m dividing it, or an override keeping it dense"
         )
     if n == m:
@@ -172,7 +172,7 @@ def create_masks(
       block: optional tile shape for block-granular masks.
     """
     if method not in ("random", "magnitude"):
-        raise ConfigError(f"sparsity.init={method!r}: allowed values are random, magnitude")
+        raise ValueError(f"init={method!r}: allowed values are random, magnitude")
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     out = []
     for i, (path, w) in enumerate(flat):

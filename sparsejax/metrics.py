@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsejax import masks as mk
-from sparsejax.core import sparse_state
 from sparsejax.flops import forward_flops, train_flops_per_step  # noqa: F401  (re-exported)
 from sparsejax.selection import path_str
+from sparsejax.state import sparse_state
 
 PyTree = Any
 
@@ -63,9 +63,13 @@ def itop(state_or_ever_active: Any) -> jax.Array:
     """In-Time Over-Parameterisation rate (Liu et al., 2021): the fraction of sparsified weights that
     have been active at least once so far. Takes an optimizer state or an ``ever_active`` mask tree."""
     try:
-        ever = sparse_state(state_or_ever_active).ever_active
+        tracked = sparse_state(state_or_ever_active).metrics
     except ValueError:
         ever = state_or_ever_active
+    else:
+        if not tracked:
+            raise ValueError("itop needs tracked metrics: use sparsify(..., track_metrics=True)")
+        ever = tracked.ever_active
     leaves = mk.sparse_leaves(ever)
     size = sum(int(np.size(m)) for m in leaves)
     return mk.count_active(ever) / max(size, 1)

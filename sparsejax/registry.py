@@ -1,8 +1,10 @@
-"""Algorithm names -> constructors, and ``from_config`` for the ``config.sparsity`` section.
+"""Algorithm names -> constructors; ``register_algorithm`` for your own; ``from_config`` for configs.
 
-Adding an algorithm: write ``algorithms/NAME.py`` with a constructor returning a ``SparseAlgorithm`` and
-add one line to ``ALGORITHMS``. ``from_config`` fills the constructor's keyword arguments from config keys
-of the same name (or the aliases on that line), and the Layout fields when it takes ``**layout``.
+The constructors' signatures are the one source of truth for every option and its default: a config
+key is a constructor keyword argument of the same name (plus the :class:`~sparsejax.layout.Layout`
+fields for constructors taking ``**layout``), and :func:`config_defaults` derives the whole
+``config.sparsity`` section from them. A key whose default differs between algorithms (each follows
+its own paper) defaults to None there: "the chosen algorithm's own default".
 """
 
 from __future__ import annotations
@@ -17,56 +19,90 @@ from sparsejax.algorithms.granet import granet
 from sparsejax.algorithms.pgf import pgf
 from sparsejax.algorithms.rigl import rigl
 from sparsejax.algorithms.set_sparse import set_sparse
+from sparsejax.algorithms.snip import snip
+from sparsejax.algorithms.spdf import spdf
 from sparsejax.algorithms.static import static
 from sparsejax.algorithms.ste import sr_ste, ste
 from sparsejax.core import SparseAlgorithm
-from sparsejax.distributions import DISTRIBUTIONS
-from sparsejax.layout import LAYOUT_KEYS
-from sparsejax.selection import ConfigError
+from sparsejax.layout import Layout
 
-# name -> (constructor, {config key: constructor argument} for keys whose names differ)
-ALGORITHMS: dict[str, tuple[Callable[..., SparseAlgorithm], dict[str, str]]] = {
-    "dense": (dense, {}),
-    "static": (static, {}),
-    "gmp": (gmp, {}),
-    "global_magnitude": (global_magnitude, {}),
-    "set": (set_sparse, {}),
-    "rigl": (rigl, {}),
-    "granet": (granet, {}),
-    "ste": (ste, {"nm_axis": "axis"}),
-    "sr_ste": (sr_ste, {"nm_axis": "axis", "sr_decay": "decay"}),
-    "pgf": (pgf, {"nm_axis": "axis", "pgf_mode": "mode", "pgf_decay": "decay", "pgf_coef": "coef"}),
+Constructor = Callable[..., SparseAlgorithm]
+
+ALGORITHMS: dict[str, Constructor] = {
+    "dense": dense,
+    "static": static,
+    "gmp": gmp,
+    "global_magnitude": global_magnitude,
+    "set": set_sparse,
+    "rigl": rigl,
+    "granet": granet,
+    "ste": ste,
+    "sr_ste": sr_ste,
+    "pgf": pgf,
+    "snip": snip,
+    "spdf": spdf,
 }
 
-# Every key config.sparsity may hold, with its default (None: the constructor's own default).
-DEFAULTS: dict[str, Any] = {
-    "algorithm": "dense",
-    "sparsity": 0.9,
-    "distribution": "erk",
-    "overrides": {},
-    "dense_first": False,
-    "dense_last": False,
-    "init": "random",
-    "block_size": None,
-    "update_every": 100,
-    "start_step": 0,
-    "end_step": None,
-    "drop_fraction": 0.3,
-    "drop_schedule": None,
-    "initial_sparsity": 0.0,
-    "n": None,
-    "m": None,
-    "nm_axis": -2,
-    "skip_indivisible": False,
-    "sr_decay": 2e-4,
-    "pgf_mode": "mdgf",
-    "pgf_decay": "linear",
-    "pgf_coef": 1e-4,
-    "sdgf_schedule": "sparsify",
-    "warmup_steps": 0,
-    "seed": 0,
-}
-_STEP_KEYS = ("update_every", "start_step", "end_step", "warmup_steps")
+_NOT_CONFIG = ("num_steps",)  # filled from the top-level config.num_steps
+
+
+def register_algorithm(name: str, constructor: Constructor) -> None:
+    """Make ``constructor`` available as ``config.sparsity.algorithm=name`` (from your own module).
+
+    Its keyword arguments become ``config.sparsity`` keys of the same names; ``num_steps``, if it
+    takes one, receives the run's step count.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"algorithm={name!r}: allowed names are Python identifiers")
+    if ALGORITHMS.get(name, constructor) is not constructor:
+        raise ValueError(f"algorithm={name!r}: already registered to {ALGORITHMS[name].__module__}")
+    ALGORITHMS[name] = constructor
+
+
+def _options(ctor: Constructor) -> dict[str, inspect.Parameter]:
+    """A constructor's config keys: its keyword arguments; ``**kwargs`` adds the Layout fields, or
+    the keys of the constructors listed in its ``forwards_to`` attribute (e.g. ``spdf``)."""
+    params = inspect.signature(ctor).parameters
+    out = {k: p for k, p in params.items() if p.kind is not p.VAR_KEYWORD and k not in _NOT_CONFIG}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        targets = getattr(ctor, "forwards_to", None)
+        # Layout's own sparsity is the constructor's to set (N:M methods derive it from n:m).
+        layout = {k: p for k, p in inspect.signature(Layout).parameters.items() if k != "sparsity"}
+        for more in [layout] if targets is None else map(_options, targets):
+            out.update({k: p for k, p in more.items() if k not in out})
+    return out
+
+
+def _type_of(p: inspect.Parameter) -> type:
+    """The value type of a keyword argument: its default's, else the first type its annotation names."""
+    if p.default not in (None, p.empty):
+        return type(p.default)
+    first = str(p.annotation).split("|")[0].split("[")[0].strip()
+    return {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}.get(first, object)
+
+
+def config_fields() -> dict[str, tuple[Any, type]]:
+    """Every ``config.sparsity`` key of the registered algorithms: ``(default, type)``; the default is
+    None where the algorithms' defaults differ (each uses its own). ``algorithm`` comes first."""
+    seen: dict[str, list[inspect.Parameter]] = {}
+    for ctor in ALGORITHMS.values():
+        for key, p in _options(ctor).items():
+            seen.setdefault(key, []).append(p)
+    out: dict[str, tuple[Any, type]] = {"algorithm": ("dense", str)}
+    for key, params in seen.items():
+        values = [None if p.default is p.empty else p.default for p in params]
+        agreed = all(v == values[0] for v in values)
+        out[key] = (values[0] if agreed else None, _type_of(params[0]))
+    out["overrides"] = (
+        dict(out["overrides"][0] or {}),
+        dict,
+    )  # Layout keeps pairs; configs a mapping
+    return out
+
+
+def config_defaults() -> dict[str, Any]:
+    """``config.sparsity`` keys -> defaults (see :func:`config_fields`)."""
+    return {key: default for key, (default, _) in config_fields().items()}
 
 
 def parse_overrides(value: Any) -> dict[str, float]:
@@ -82,78 +118,39 @@ def parse_overrides(value: Any) -> dict[str, float]:
             pairs = [tuple(p) for p in value]
         return {str(k).strip(): float(v) for k, v in pairs}
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"sparsity.overrides={value!r}: allowed a mapping regex -> sparsity, a list of "
+        raise ValueError(
+            f"overrides={value!r}: allowed a mapping regex -> sparsity, a list of "
             "(regex, sparsity) pairs, or 'regex=s;regex=s'"
         ) from None
-
-
-def _validate(cfg: dict[str, Any]) -> None:
-    algo = cfg["algorithm"]
-    if algo not in ALGORITHMS:
-        raise ConfigError(
-            f"sparsity.algorithm={algo!r}: allowed values are {', '.join(ALGORITHMS)}"
-        )
-    if not isinstance(cfg["sparsity"], (int, float)) or not 0.0 <= cfg["sparsity"] < 1.0:
-        raise ConfigError(f"sparsity.sparsity={cfg['sparsity']!r}: allowed values are in [0, 1)")
-    if cfg["distribution"] not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"sparsity.distribution={cfg['distribution']!r}: allowed values are {', '.join(DISTRIBUTIONS)}"
-        )
-    for key in _STEP_KEYS:
-        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 0):
-            raise ConfigError(f"sparsity.{key}={cfg[key]!r}: allowed values are integers >= 0")
-    if cfg["update_every"] == 0:
-        raise ConfigError("sparsity.update_every=0: allowed values are integers >= 1")
-    n, m = cfg["n"], cfg["m"]
-    if (n is None) != (m is None) and algo in ("ste", "sr_ste", "pgf"):
-        raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed both set (N:M) or neither")
-    if n is not None and m is not None:
-        if not (isinstance(n, int) and isinstance(m, int)) or n < 1 or m < 1:
-            raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed positive integers")
-        if n >= m:
-            raise ConfigError(f"sparsity.n={n} > sparsity.m={m}: allowed 0 < n < m (e.g. 2:4, 1:8)")
-    if not 0.0 <= cfg["drop_fraction"] <= 1.0:
-        raise ConfigError(
-            f"sparsity.drop_fraction={cfg['drop_fraction']}: allowed values are in [0, 1]"
-        )
 
 
 def from_config(config: Any, num_steps: int | None = None) -> SparseAlgorithm:
     """Builds the algorithm described by a ``config.sparsity`` section (ConfigDict or mapping).
 
-    Every value is validated first; a bad one raises :class:`ConfigError` with one line naming the key
-    and the allowed values. ``end_step=None`` means 75% of ``num_steps`` (RigL's default).
+    Keys are the chosen constructor's keyword arguments; None values take the constructor's default,
+    keys it does not take are ignored (a section holds every algorithm's keys), unknown keys fail.
+    ``num_steps`` fills a ``num_steps`` argument (defaults relative to training length). A bad value
+    raises ``ValueError`` with one line naming the key and the allowed values.
     """
     given = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    unknown = sorted(set(given) - set(DEFAULTS))
+    name = given.pop("algorithm", "dense")
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm={name!r}: allowed values are {', '.join(ALGORITHMS)}")
+    known = {k for ctor in ALGORITHMS.values() for k in _options(ctor)}
+    unknown = sorted(set(given) - known)
     if unknown:
-        raise ConfigError(
-            f"sparsity.{unknown[0]}: unknown key; allowed keys are {', '.join(DEFAULTS)}"
-        )
-    cfg = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    cfg["overrides"] = parse_overrides(cfg["overrides"])
-    _validate(cfg)
-    if cfg["end_step"] is None:
-        if num_steps is None:
-            raise ConfigError(
-                "sparsity.end_step=None: allowed an integer >= 0 (or pass num_steps to from_config)"
-            )
-        cfg["end_step"] = max(int(0.75 * num_steps), cfg["start_step"] + 1)
-    if cfg["block_size"] is not None:
-        cfg["block_size"] = tuple(cfg["block_size"])
-    ctor, aliases = ALGORITHMS[cfg["algorithm"]]
-    params = inspect.signature(ctor).parameters
-    takes_layout = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {}
-    for key, value in cfg.items():
-        arg = aliases.get(key, key)
-        if arg in params and params[arg].kind is not inspect.Parameter.VAR_KEYWORD:
-            kwargs[arg] = value
-        elif takes_layout and key in LAYOUT_KEYS and key != "sparsity":
-            kwargs[key] = value
-    if cfg["algorithm"] == "pgf" and cfg["n"] is None:
-        raise ConfigError(
-            "sparsity.n / sparsity.m: pgf needs both; allowed 0 < n < m, e.g. n=1, m=8"
-        )
-    return ctor(**{k: v for k, v in kwargs.items() if v is not None})
+        raise ValueError(f"{unknown[0]}: unknown key; allowed keys are {', '.join(sorted(known))}")
+    ctor = ALGORITHMS[name]
+    options = _options(ctor)
+    kwargs = {k: v for k, v in given.items() if k in options and v is not None}
+    if "overrides" in kwargs:
+        kwargs["overrides"] = parse_overrides(kwargs["overrides"])
+    if "block_size" in kwargs:
+        kwargs["block_size"] = tuple(kwargs["block_size"])
+    if "num_steps" in inspect.signature(ctor).parameters and num_steps is not None:
+        kwargs["num_steps"] = num_steps
+    for key, value in kwargs.items():  # step counts: the usual slips are floats and negatives
+        if key.endswith(("_step", "_steps", "_every")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key}={value!r}: allowed integers >= 0")
+    return ctor(**kwargs)

@@ -11,8 +11,6 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import optax
 
-from sparsejax.selection import ConfigError
-
 Step = int | jnp.ndarray
 Predicate = Callable[[Step], bool | jnp.ndarray]
 
@@ -26,11 +24,10 @@ def never(step: Step) -> bool:
 def periodic(start_step: int, end_step: int, update_every: int) -> Predicate:
     """True on ``start <= t < end`` with ``(t - start) % update_every == 0``."""
     if update_every <= 0:
-        raise ConfigError(f"sparsity.update_every={update_every}: allowed values are integers >= 1")
+        raise ValueError(f"update_every={update_every}: allowed values are integers >= 1")
     if start_step < 0 or end_step < start_step:
-        raise ConfigError(
-            f"sparsity.start_step={start_step}, sparsity.end_step={end_step}: "
-            "allowed 0 <= start_step <= end_step"
+        raise ValueError(
+            f"start_step={start_step}, end_step={end_step}: allowed 0 <= start_step <= end_step"
         )
 
     def is_update(step: Step):
@@ -42,6 +39,19 @@ def periodic(start_step: int, end_step: int, update_every: int) -> Predicate:
 def one_shot(at_step: int) -> Predicate:
     """True only on ``at_step`` (one-shot pruning)."""
     return lambda step: step == at_step
+
+
+def relative_step(value: int | None, num_steps: int | None, fraction: float, key: str) -> int:
+    """``value``, or ``fraction`` of training when it is None (a paper's default relative to the
+    training length, e.g. RigL's last mask update at 75% of the steps)."""
+    if value is not None:
+        return value
+    if num_steps is None:
+        raise ValueError(
+            f"{key}=None: allowed an integer >= 0, or num_steps so that it defaults to "
+            f"{fraction:.0%} of training"
+        )
+    return int(fraction * num_steps)
 
 
 def last_update_step(start_step: int, end_step: int, update_every: int) -> int:
@@ -71,28 +81,33 @@ def cubic_sparsity(
     )
 
 
-def drop_fraction(kind: str, alpha: float, start_step: int, end_step: int) -> optax.Schedule:
+def drop_fraction(
+    kind: str, alpha: float | optax.Schedule, start_step: int, end_step: int
+) -> optax.Schedule:
     """Fraction of actives to drop at an update: constant, or RigL's cosine ``alpha/2 (1 + cos(pi t/T))``.
 
-    ``t`` counts from ``start_step`` and ``T = end_step - start_step``.
+    ``t`` counts from ``start_step`` and ``T = end_step - start_step``. A callable ``alpha`` is already
+    the schedule (any optax schedule of the global step) and is returned as it is.
     """
+    if callable(alpha):
+        return alpha
     if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"sparsity.drop_fraction={alpha}: allowed values are in [0, 1]")
+        raise ValueError(f"drop_fraction={alpha}: allowed values are in [0, 1]")
     if kind == "constant":
         return optax.constant_schedule(alpha)
     if kind == "cosine":
         cos = optax.cosine_decay_schedule(alpha, decay_steps=max(end_step - start_step, 1))
         return lambda step: cos(jnp.maximum(step - start_step, 0))
-    raise ConfigError(f"sparsity.drop_schedule={kind!r}: allowed values are cosine, constant")
+    raise ValueError(f"drop_schedule={kind!r}: allowed values are cosine, constant")
 
 
 def pgf_decay(kind: str, coef: float, warmup_steps: int, end_step: int) -> optax.Schedule:
     """MDGF's ``delta(t)``: 1 during warm-up, then ``max(0, 1 - c t)`` or ``exp(-c t)``, and 0 from
     ``end_step`` on (an exponential decay is cut to 0 there so fine-tuning is exactly N:M)."""
     if kind not in ("linear", "exp"):
-        raise ConfigError(f"sparsity.pgf_decay={kind!r}: allowed values are linear, exp")
+        raise ValueError(f"pgf_decay={kind!r}: allowed values are linear, exp")
     if coef < 0:
-        raise ConfigError(f"sparsity.pgf_coef={coef}: allowed values are >= 0")
+        raise ValueError(f"pgf_coef={coef}: allowed values are >= 0")
 
     def delta(step: Step):
         t = jnp.maximum(jnp.asarray(step, jnp.float32) - warmup_steps, 0.0)
@@ -111,7 +126,7 @@ def sdgf_patterns(n: int, m: int, kind: str) -> list[tuple[int, int]]:
     if kind == "fine":
         return [(8 * n, 8 * m), (4 * n, 4 * m), (2 * n, 2 * m), (n, m)]
     if kind != "sparsify":
-        raise ConfigError(f"sparsity.sdgf_schedule={kind!r}: allowed values are sparsify, fine")
+        raise ValueError(f"sdgf_schedule={kind!r}: allowed values are sparsify, fine")
     seq = [(m, m)]
     if m - 1 > n:
         seq.append((m - 1, m))

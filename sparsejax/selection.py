@@ -17,10 +17,6 @@ import jax
 PyTree = Any
 
 
-class ConfigError(ValueError):
-    """A sparsity setting is invalid; the message is one line naming the key and the allowed values."""
-
-
 def _key_name(entry: Any) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(entry, attr):
@@ -67,13 +63,11 @@ def sparsifiable(
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ConfigError(
-                f"sparsity.overrides: invalid regex {pattern!r} ({e}); allowed: Python regular expressions"
+            raise ValueError(
+                f"overrides: invalid regex {pattern!r} ({e}); allowed: Python regular expressions"
             ) from None
         if not 0.0 <= float(value) < 1.0:
-            raise ConfigError(
-                f"sparsity.overrides[{pattern!r}]={value}: allowed values are in [0, 1)"
-            )
+            raise ValueError(f"overrides[{pattern!r}]={value}: allowed values are in [0, 1)")
     shapes = {path_str(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     order = [n for n in _call_order(params) if n in shapes] or list(shapes)
     candidates = [n for n in order if len(shapes[n]) >= min_ndim]

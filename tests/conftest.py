@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
+import shutil
+import subprocess
 from importlib import resources
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -17,6 +21,8 @@ import sparsejax as sj
 
 # Random ops compile ~5x faster on CPU without partitionable threefry; results stay deterministic.
 jax.config.update("jax_threefry_partitionable", False)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
@@ -78,25 +84,64 @@ def make_step(model: nn.Module, tx: optax.GradientTransformation):
     return step
 
 
-def donated_step_hlo(tx: optax.GradientTransformation, params: dict, x: jax.Array) -> str:
-    """Compiled HLO of a donated train step of ``tanh(x @ w1) @ w2`` through ``sj.forward_params``
-    (params ``{"w1", "w2"}``; shardings are kept), for tests of what XLA copies or gathers."""
-
-    def loss(p, state):
-        fw = sj.forward_params(p, state)
-        return jnp.sum(jnp.tanh(x @ fw["w1"]) @ fw["w2"])
-
-    def step(p, state):
-        updates, state = tx.update(jax.grad(loss)(p, state), state, p)
-        return optax.apply_updates(p, updates), state
-
-    step = jax.jit(step, donate_argnums=(0, 1))
-    return step.lower(params, tx.init(params)).compile().as_text()
-
-
 def accuracy(model: nn.Module, params, state, x, y) -> float:
     """Held-out accuracy with the forward weights."""
     logits = jax.jit(lambda p, s, x: model.apply({"params": sj.forward_params(p, s)}, x))(
         params, state, jnp.asarray(x)
     )
     return float((np.asarray(logits).argmax(-1) == y).mean())
+
+
+def _git(*args: str, cwd: str | os.PathLike) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    assert out.returncode == 0, f"git {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def make_clone(dest: Path) -> None:
+    """``git clone`` of this checkout's HEAD into ``dest``, with the checkout's uncommitted work on top.
+
+    On top: every file that differs from HEAD (staged or not; deleted ones are deleted) and every untracked
+    file git does not ignore. So the clone is what a fresh clone of the next commit would be: nothing
+    ignored (no ``.venv``, ``workdirs/``, caches), no local state. In CI (a clean checkout) it is HEAD.
+    """
+    head = _git("rev-parse", "HEAD", cwd=ROOT).strip()
+    _git("clone", "-q", "--no-checkout", ROOT, str(dest), cwd=ROOT)
+    _git("checkout", "-q", "--detach", head, cwd=dest)
+    changed = _git("diff", "--name-only", "--no-renames", "-z", "HEAD", cwd=ROOT).split("\0")
+    untracked = _git("ls-files", "-z", "--others", "--exclude-standard", cwd=ROOT).split("\0")
+    for rel in sorted(set(filter(None, changed + untracked))):
+        src, dst = os.path.join(ROOT, rel), dest / rel
+        if os.path.lexists(src):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst, follow_symlinks=False)
+        elif os.path.lexists(dst):
+            dst.unlink()
+
+
+@pytest.fixture(scope="session")
+def fresh_clone(tmp_path_factory) -> Path:
+    """A fresh clone of the repository (see :func:`make_clone`), made once per test run.
+
+    Under pytest-xdist every worker has its own session, so the clone lives in the run's shared temporary
+    directory, made by whichever worker asks first (under a file lock) and reused by the others. Tests
+    may add files (e.g. a workdir) but must not change the cloned ones.
+    """
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    top = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=ROOT, capture_output=True, text=True
+    )
+    if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(ROOT):
+        pytest.skip("the repository is not a git checkout")
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this run's directory, shared by its workers
+    dest, done = base / "fresh_clone", base / "fresh_clone.done"
+    with open(base / "fresh_clone.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            make_clone(dest)
+            done.touch()
+    return dest

@@ -58,9 +58,10 @@ def test_two_point_sweep_runs_skips_finished_points_and_summarises(tmp_path):
 
 
 def test_wandb_export_lists_the_same_points(tmp_path):
-    out = _sweep(f"--workdir={tmp_path / 'sweep'}", "--export=wandb")
+    sweep_dir = tmp_path / "new" / "sweep"  # missing parents are created
+    out = _sweep(f"--workdir={sweep_dir}", "--export=wandb")
     assert out.returncode == 0, out.stderr
-    spec = yaml.safe_load(open(tmp_path / "sweep" / "wandb_sweep.yaml"))
+    spec = yaml.safe_load(open(sweep_dir / "wandb_sweep.yaml"))
     assert spec["program"] == "experiments/train.py" and spec["method"] == "grid"
     assert spec["parameters"]["point"]["values"] == ["sparsity=0.8", "sparsity=0.9"]
     command = spec["command"]
@@ -75,7 +76,7 @@ def test_config_without_sweep_is_one_clear_error(tmp_path):
             "-m",
             "experiments.sweep",
             "--config=configs/dense.py",
-            f"--workdir={tmp_path}",
+            f"--workdir={tmp_path / 'new' / 'sweep'}",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -85,3 +86,11 @@ def test_config_without_sweep_is_one_clear_error(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "error: --config=configs/dense.py: configs/dense.py defines no get_sweep(arg=None)"
     ]
+    assert not (tmp_path / "new").exists()  # a rejected sweep creates no directory
+
+
+def test_workdir_under_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = _sweep(f"--workdir={tmp_path / 'file' / 'sweep'}", "--export=wandb")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "--workdir=" in out.stderr and "is not a directory; allowed:" in out.stderr

@@ -57,7 +57,7 @@ def test_nm_mask_groups_along_input_axis(n, m):
 
 
 def test_nm_mask_indivisible_axis_names_leaf():
-    with pytest.raises(sj.ConfigError, match="leaf dense/kernel"):
+    with pytest.raises(ValueError, match="leaf dense/kernel"):
         sj.nm_mask(jnp.ones((6, 4)), 2, 4, axis=0, name="dense/kernel")
 
 
@@ -68,7 +68,7 @@ def test_block_masks_select_whole_tiles():
     per_tile = tiles.sum(axis=(1, 3))
     assert set(np.unique(per_tile)) <= {0, 128}
     assert (per_tile > 0).sum() == 3  # round(0.25 * 12 tiles)
-    with pytest.raises(sj.ConfigError, match="block_size"):
+    with pytest.raises(ValueError, match="block_size"):
         sj.create_masks(params, {"w": 0.5}, jax.random.PRNGKey(5), block=(5, 16))
 
 

@@ -59,7 +59,7 @@ def test_itop_grows_with_set_and_stays_with_static():
         "set": sj.set_sparse(0.9, update_every=1, drop_fraction=0.3),
     }.items():
         params = model.init(jax.random.PRNGKey(0), x)["params"]
-        tx = sj.sparsify(optax.sgd(0.1), algo)
+        tx = sj.sparsify(optax.sgd(0.1), algo, track_metrics=True)
         state = tx.init(params)
         step = make_step(model, tx)
         for _ in range(5):

@@ -18,9 +18,9 @@ from _subprocess import ROOT, free_port, spawn, wait_all
 def worker(out: str, coordinator: str | None, num_processes: int, process_id: int) -> None:
     """Train 4 RigL steps on a ``data=2 x fsdp=2`` mesh of 4 global devices; write params and masks."""
     sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-    from experiments import distributed
+    from experiments import multihost
 
-    distributed.initialize(coordinator, num_processes, process_id)
+    multihost.initialize(coordinator, num_processes, process_id)
     import jax
     import jax.numpy as jnp
     import optax
@@ -45,7 +45,7 @@ def worker(out: str, coordinator: str | None, num_processes: int, process_id: in
     step = make_step(model, tx)
     for t in range(4):
         rows = slice(8 * t, 8 * t + 16)  # a sliding window: batches differ between steps
-        batch = distributed.global_batch({"x": x[rows], "y": y[rows]}, mesh)
+        batch = multihost.global_batch({"x": x[rows], "y": y[rows]}, mesh)
         params, state, _ = step(params, state, batch["x"], batch["y"])
     # Multi-host orbax: every process calls save/restore on the same directory.
     ckpt_dir = os.path.join(out, "ckpt")
@@ -63,7 +63,7 @@ def worker(out: str, coordinator: str | None, num_processes: int, process_id: in
     )
     spec = sj.masks_of(state)["Dense_0"]["kernel"].sharding.spec
     assert spec == psh["Dense_0"]["kernel"].spec, spec
-    if distributed.is_main():
+    if multihost.is_main():
         flat = {
             f"{k}/{jax.tree_util.keystr(path)}": np.asarray(v)
             for k, tree in host.items()

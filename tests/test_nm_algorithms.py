@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import donated_step_hlo
 
 import sparsejax as sj
 from sparsejax import schedules
@@ -73,13 +72,13 @@ def assert_exact_nm(params, state, n: int, m: int, axis: int = -2) -> None:
     [
         (sj.ste(n=2, m=4), 2, 4),
         (sj.sr_ste(2, 4), 2, 4),
-        (sj.sr_ste(1, 8, decay=0.05), 1, 8),
+        (sj.sr_ste(1, 8, sr_decay=0.05), 1, 8),
         (sj.ste(n=3, m=8), 3, 8),
     ],
     ids=["ste_2:4", "sr_ste_2:4", "sr_ste_1:8", "ste_3:8"],
 )
 def test_ste_family_exact_nm_every_step_and_masks_move(algo, n, m):
-    history = train(sj.sparsify(optax.sgd(0.5), algo), make_params(), steps=6)
+    history = train(sj.sparsify(optax.sgd(0.5), algo, track_metrics=True), make_params(), steps=6)
     for params, state in history:
         assert_exact_nm(params, state, n, m)
     flips = [int(sj.sparse_state(s).stats["sad"]) for _, s in history[1:]]
@@ -91,7 +90,9 @@ def test_ste_family_exact_nm_every_step_and_masks_move(algo, n, m):
 
 def test_unstructured_ste_keeps_exact_count():
     history = train(
-        sj.sparsify(optax.sgd(0.5), sj.ste(0.75, distribution="uniform")), make_params(), 4
+        sj.sparsify(optax.sgd(0.5), sj.ste(0.75, distribution="uniform"), track_metrics=True),
+        make_params(),
+        4,
     )
     for params, state in history:
         fw = forward(params, state)
@@ -105,21 +106,25 @@ def test_sr_ste_refined_gradient_hand_built():
     g = jnp.array([[0.1, -0.2], [0.3, 0.4], [-0.5, 0.6], [0.7, -0.8]])
     pruned = jnp.array([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     params, grads = {"k": w, "b": jnp.ones(2)}, {"k": g, "b": jnp.full(2, 0.5)}
-    for algo, lam in ((sj.sr_ste(2, 4), 2e-4), (sj.sr_ste(2, 4, decay=0.1), 0.1)):
-        state = sj.sparsify(optax.identity(), algo).init(params)
+    for algo, lam in ((sj.sr_ste(2, 4), 2e-4), (sj.sr_ste(2, 4, sr_decay=0.1), 0.1)):
+        state = sj.sparsify(optax.identity(), algo, track_metrics=True).init(params)
         np.testing.assert_array_equal(sj.masks_of(state)["k"], pruned == 0)
         updates, _ = algo.update(grads, state, params)
         np.testing.assert_allclose(updates["k"], g + lam * pruned * w, rtol=1e-6)
         np.testing.assert_array_equal(updates["b"], grads["b"])
-        sgd = sj.sparsify(optax.sgd(1.0), algo)
+        sgd = sj.sparsify(optax.sgd(1.0), algo, track_metrics=True)
         updates, _ = sgd.update(grads, sgd.init(params), params)
         np.testing.assert_allclose(updates["k"], -(g + lam * pruned * w), rtol=1e-6)
 
 
 def test_sr_ste_with_zero_decay_is_plain_ste():
     runs = [
-        train(sj.sparsify(optax.sgd(0.3, momentum=0.9), algo), make_params(), steps=5)
-        for algo in (sj.ste(n=2, m=4), sj.sr_ste(2, 4, decay=0.0))
+        train(
+            sj.sparsify(optax.sgd(0.3, momentum=0.9), algo, track_metrics=True),
+            make_params(),
+            steps=5,
+        )
+        for algo in (sj.ste(n=2, m=4), sj.sr_ste(2, 4, sr_decay=0.0))
     ]
     for (p_ste, s_ste), (p_sr, s_sr) in zip(*runs):
         jax.tree.map(np.testing.assert_array_equal, p_ste, p_sr)
@@ -143,8 +148,10 @@ def test_sr_ste_decay_as_plain_optax_transform():
 @pytest.mark.parametrize("warmup", [0, 2])
 def test_pgf_mdgf_decay_phases(kind, warmup):
     end, coef = 8, 0.1
-    algo = sj.pgf(2, 4, decay=kind, coef=coef, warmup_steps=warmup, end_step=end)
-    history = train(sj.sparsify(optax.sgd(0.1), algo), make_params(), steps=end + 2)
+    algo = sj.pgf(2, 4, pgf_decay=kind, pgf_coef=coef, warmup_steps=warmup, end_step=end)
+    history = train(
+        sj.sparsify(optax.sgd(0.1), algo, track_metrics=True), make_params(), steps=end + 2
+    )
     for t, (params, state) in enumerate(history):
         s = sj.sparse_state(state)
         u = max(t - warmup, 0)
@@ -153,7 +160,7 @@ def test_pgf_mdgf_decay_phases(kind, warmup):
             if t >= end
             else (max(0.0, 1 - coef * u) if kind == "linear" else math.exp(-coef * u))
         )
-        np.testing.assert_allclose(float(s.decay), delta, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(float(s.algo_state), delta, rtol=1e-6, atol=1e-7)
         fw = forward(params, state)
         if t <= warmup:  # delta(0) = 1, and 1 through the warm-up: the forward is the dense model
             jax.tree.map(np.testing.assert_array_equal, fw, params)
@@ -162,13 +169,15 @@ def test_pgf_mdgf_decay_phases(kind, warmup):
         np.testing.assert_allclose(fw["head"]["kernel"], jnp.where(msk, w, delta * w), rtol=1e-6)
         if t >= end:  # fine-tune phase: binary mask, exactly N:M
             assert_exact_nm(params, state, 2, 4)
-    assert float(sj.sparse_state(history[end - 1][1]).decay) > 0.0
+    assert float(sj.sparse_state(history[end - 1][1]).algo_state) > 0.0
 
 
 def test_pgf_backward_is_straight_through():
-    algo = sj.pgf(2, 4, coef=0.5, end_step=10)
-    params, state = train(sj.sparsify(optax.sgd(0.1), algo), make_params(), steps=1)[-1]
-    assert float(sj.sparse_state(state).decay) == pytest.approx(0.5)
+    algo = sj.pgf(2, 4, pgf_coef=0.5, end_step=10)
+    params, state = train(
+        sj.sparsify(optax.sgd(0.1), algo, track_metrics=True), make_params(), steps=1
+    )[-1]
+    assert float(sj.sparse_state(state).algo_state) == pytest.approx(0.5)
     x = jax.random.normal(jax.random.PRNGKey(3), (5, 8))
     through = jax.grad(lambda p: loss_fn(sj.forward_params(p, state), x))(params)
     at_forward = jax.grad(loss_fn)(sj.forward_params(params, state), x)
@@ -203,8 +212,10 @@ def test_sdgf_steps_through_documented_patterns(n, m, kind, c_in, expected):
     frames = len(schedules.sdgf_decay_frames(n, m, kind))
     end = warmup + frames * frame
     expected = expected + [(n, m)] * (end + 3 - len(expected))
-    algo = sj.pgf(n, m, mode="sdgf", sdgf_schedule=kind, warmup_steps=warmup, end_step=end)
-    history = train(sj.sparsify(optax.sgd(0.5), algo), make_params(c_in), end + 2, c_in)
+    algo = sj.pgf(n, m, pgf_mode="sdgf", sdgf_schedule=kind, warmup_steps=warmup, end_step=end)
+    history = train(
+        sj.sparsify(optax.sgd(0.5), algo, track_metrics=True), make_params(c_in), end + 2, c_in
+    )
     for t, (params, state) in enumerate(history):
         pattern = sdgf_pattern_at(t, n, m, kind, warmup, end)
         assert pattern == expected[t], t
@@ -220,14 +231,15 @@ def test_sdgf_steps_through_documented_patterns(n, m, kind, c_in, expected):
     [
         sj.ste(n=2, m=4),
         sj.ste(0.75, distribution="uniform"),
-        sj.sr_ste(1, 8, decay=0.05),
+        sj.sr_ste(1, 8, sr_decay=0.05),
         sj.pgf(1, 4, end_step=8),
-        sj.pgf(1, 4, mode="sdgf", end_step=6),  # frame changes alter the counts: grown != dropped
+        # frame changes alter the counts: grown != dropped
+        sj.pgf(1, 4, pgf_mode="sdgf", end_step=6),
     ],
     ids=["ste_2:4", "ste_topk", "sr_ste_1:8", "pgf_mdgf", "pgf_sdgf"],
 )
 def test_flip_stats_match_two_counts_every_step(algo, request):
-    history = train(sj.sparsify(optax.sgd(0.5), algo), make_params(), steps=8)
+    history = train(sj.sparsify(optax.sgd(0.5), algo, track_metrics=True), make_params(), steps=8)
     unequal = flips = 0
     for (_, s0), (_, s1) in zip(history, history[1:]):
         old, new = (
@@ -253,7 +265,7 @@ def test_flip_stats_match_two_counts_every_step(algo, request):
 def test_state_leaves_never_share_buffers(algo):
     # A state whose leaves alias each other cannot be donated to the next jitted step.
     params = make_params()
-    tx = sj.sparsify(optax.adam(0.1), algo)
+    tx = sj.sparsify(optax.adam(0.1), algo, track_metrics=True)
     state = tx.init(params)
     for _ in range(2):  # eager updates (the jitted ones always return fresh buffers)
         grads = jax.tree.map(jnp.ones_like, params)
@@ -279,14 +291,19 @@ def _int_sums(jaxpr) -> int:
 
 @pytest.mark.parametrize(
     "algo",
-    [sj.ste(n=2, m=4), sj.sr_ste(2, 4), sj.pgf(1, 8, end_step=8), sj.pgf(1, 4, mode="sdgf")],
+    [
+        sj.ste(n=2, m=4),
+        sj.sr_ste(2, 4),
+        sj.pgf(1, 8, end_step=8),
+        sj.pgf(1, 4, pgf_mode="sdgf", end_step=8),
+    ],
     ids=["ste", "sr_ste", "pgf_mdgf", "pgf_sdgf"],
 )
 def test_refresh_step_counts_no_flips(algo):
     # The STE family's masks move every step; counting the flips there cost 4-5% of the MLP step,
     # so the step only keeps the previous masks and the counts are taken when stats are read.
     params = make_params()
-    tx = sj.sparsify(optax.adam(0.1), algo)
+    tx = sj.sparsify(optax.adam(0.1), algo, track_metrics=True)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     step = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p))(grads, state, params)
@@ -294,22 +311,3 @@ def test_refresh_step_counts_no_flips(algo):
     # The detector does see a count: reading the stats in the step adds them.
     read = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p)[1].stats)(grads, state, params)
     assert _int_sums(read.jaxpr) > 0
-
-
-@pytest.mark.parametrize(
-    "algo",
-    [sj.ste(n=2, m=4), sj.sr_ste(2, 4), sj.pgf(1, 8, end_step=8)],
-    ids=["ste", "sr_ste", "pgf"],
-)
-def test_donated_refresh_step_copies_no_mask_beyond_the_weights(algo):
-    # The refresh writes the new masks over the donated old ones. A bool copy of the old masks for
-    # ``previous`` made XLA copy every mask on entry, on the forward pass's critical path (~6% of the
-    # MLP step); packed and ordered before the write, a mask is copied only where XLA copies its
-    # weight too (the last layer here, as in the plain dense step).
-    tx = sj.sparsify(optax.adam(1e-3), algo)
-    params = {"w1": jnp.ones((64, 32)), "w2": jnp.ones((32, 8))}
-    hlo = donated_step_hlo(tx, params, jnp.ones((4, 64)))
-    copied = lambda kind: {
-        k for k in params for ln in hlo.splitlines() if f"copy(%{kind}{k}_" in ln
-    }  # noqa: E731
-    assert copied("state_masks__") <= copied("p__"), hlo

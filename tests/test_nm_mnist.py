@@ -46,7 +46,7 @@ def train(data: dict, algo: sj.SparseAlgorithm | None) -> Run:
     """Adam(1e-3), ``STEPS`` steps of ``BATCH`` examples, one jitted ``lax.scan``."""
     params = MODEL.init(jax.random.PRNGKey(0), data["x"][:1])["params"]
     opt = optax.adam(1e-3)
-    tx = opt if algo is None else sj.sparsify(opt, algo)
+    tx = opt if algo is None else sj.sparsify(opt, algo, track_metrics=True)
     fwd = (lambda p, s: p) if algo is None else sj.forward_params
     batches = jax.random.randint(jax.random.PRNGKey(1), (STEPS, BATCH), 0, data["x"].shape[0])
 
@@ -76,7 +76,7 @@ def runs(data: dict) -> dict[str, Run]:
         "dense": None,
         "ste_2:4": sj.ste(n=2, m=4),
         "sr_ste_2:4": sj.sr_ste(2, 4),
-        "pgf_1:8": sj.pgf(1, 8, warmup_steps=40, coef=1 / 200, end_step=300),
+        "pgf_1:8": sj.pgf(1, 8, warmup_steps=40, pgf_coef=1 / 200, end_step=300),
     }
     out = {name: train(data, algo) for name, algo in algos.items()}
     print({name: (round(r.accuracy, 4), r.sad) for name, r in out.items()})
@@ -92,7 +92,7 @@ def test_sr_ste_2_4_within_a_few_points_of_dense(runs):
 def test_pgf_1_8_well_above_chance_and_exactly_1_8(runs):
     r = runs["pgf_1:8"]
     assert r.accuracy > 0.8  # chance is 0.1
-    assert float(sj.sparse_state(r.state).decay) == 0.0
+    assert float(sj.sparse_state(r.state).algo_state) == 0.0
     fw = sj.forward_params(r.params, r.state)
     for name in ("dense_0", "dense_1", "head"):
         groups = np.asarray(fw[name]["kernel"]).T.reshape(-1, 8)

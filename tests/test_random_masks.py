@@ -172,7 +172,7 @@ def test_block_masks_are_uniform_over_blocks():
 
 
 def _grown(masks, params, grads, key, fraction, grow):
-    return drop_and_grow(masks, params, grads, key, fraction, grow=grow)
+    return drop_and_grow(masks, params, grads if grow == "gradient" else None, key, fraction)
 
 
 _grow = jax.jit(_grown, static_argnames="grow")
@@ -255,9 +255,9 @@ SHARDED_SCRIPT = textwrap.dedent(
         np.testing.assert_array_equal(np.asarray(ref), np.asarray(got))
         masks, w = {"w": ref}, {"w": jax.random.normal(key, shape) * ref}
         g = {"w": jnp.zeros(shape)}
-        want = drop_and_grow(masks, w, g, key, 0.3, grow="random").masks["w"]
+        want = drop_and_grow(masks, w, None, key, 0.3).masks["w"]
         put = lambda t: jax.tree.map(lambda a: jax.device_put(a, sh), t)
-        upd = jax.jit(lambda m, p, gg: drop_and_grow(m, p, gg, key, 0.3, grow="random").masks["w"])
+        upd = jax.jit(lambda m, p, gg: drop_and_grow(m, p, None, key, 0.3).masks["w"])
         np.testing.assert_array_equal(np.asarray(want), np.asarray(upd(put(masks), put(w), put(g))))
     print("OK")
     """

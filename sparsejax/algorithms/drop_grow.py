@@ -1,10 +1,10 @@
-"""The two moves every mask-updating algorithm is made of: prune by magnitude, and drop-then-grow.
+"""The two moves every mask-updating algorithm is made of: prune by a score, and drop-then-grow.
 
-Algorithms differ only in their scores (``|w|`` to drop; ``|g|`` or nothing (random) to grow) and in how
-many units move; these functions do the rest, at element or block granularity, with exact counts (see
-``topk``). All leaves are searched in one bisection loop (one group per leaf). Element scores are the
-raw weights or gradients ranked by ``|x|`` inside the search (no score copy); block scores are the
-squared L2 norms of the tiles.
+Algorithms differ only in their score pytrees (``|w|`` to drop; ``|g|``, or nothing for random, to
+grow; SNIP's ``|g * w|`` to prune) and in how many units move; these functions do the rest, at element
+or block granularity, with exact counts (see ``topk``). All leaves are searched in one bisection loop
+(one group per leaf). Element scores are ranked by ``|x|`` inside the search (raw weights or gradients
+need no score copy); block scores are the squared L2 norms of the tiles.
 """
 
 from __future__ import annotations
@@ -40,22 +40,24 @@ def _rebuild(flat_m: list, treedef: Any, idx: list[int], new: list[Array], block
 
 def drop_and_grow(
     masks: PyTree,
-    params: PyTree,
-    grads: PyTree,
+    drop_scores: PyTree,
+    grow_scores: PyTree | None,
     key: Array,
     fraction: Array,
-    grow: str = "gradient",
     block: Block = None,
 ) -> MaskUpdate:
-    """In each leaf drop ``floor(fraction * active)`` smallest-``|w|`` actives and grow as many.
+    """In each leaf drop the ``floor(fraction * active)`` actives of smallest ``|drop_scores|`` and grow
+    as many of largest ``|grow_scores|``.
 
-    Growth picks, among units inactive after the drop (so a just-dropped unit may return), the largest
-    ``|g|`` (``grow="gradient"``, RigL) or uniformly at random (``grow="random"``, SET). Ties are broken
-    randomly. Each leaf keeps exactly its number of actives.
+    Growth picks among units inactive after the drop (so a just-dropped unit may return); with
+    ``grow_scores=None`` uniformly at random (SET), with the dense gradient RigL. Scores are ranked by
+    magnitude inside the search (no copy); per ``block`` tile by squared L2 norm. Ties are broken
+    uniformly at random. Each leaf keeps exactly its number of actives.
     """
-    idx, flat_m, treedef, (ws, gs) = _sparse(masks, params, grads)
+    idx, flat_m, treedef, (ds,) = _sparse(masks, drop_scores)
     if not idx:
         return MaskUpdate(masks, masks)
+    gs = [None] * len(idx) if grow_scores is None else _sparse(masks, grow_scores)[3][0]
     m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
     active = jnp.stack([count_true(m, rows=True) for m in m_u])
     units = jnp.asarray([m.size for m in m_u], jnp.int32)
@@ -64,13 +66,10 @@ def drop_and_grow(
     groups = list(range(len(idx)))
     drop_key, grow_key = jax.random.split(key)
     keep = topk_masks(
-        [mk.magnitude_scores(w, block) for w in ws], active - k, m_u, drop_key, groups, True
+        [mk.magnitude_scores(d, block) for d in ds], active - k, m_u, drop_key, groups, True
     )
-    if grow == "gradient":
-        grow_scores = [mk.magnitude_scores(g, block) for g in gs]
-    else:
-        grow_scores = [None] * len(m_u)  # uniformly at random
-    new = topk_masks(grow_scores, k, None, grow_key, groups, True, ineligible=keep)
+    grow = [None if g is None else mk.magnitude_scores(g, block) for g in gs]
+    new = topk_masks(grow, k, None, grow_key, groups, True, ineligible=keep)
     return MaskUpdate(
         _rebuild(flat_m, treedef, idx, [kp | n for kp, n in zip(keep, new)], block),
         _rebuild(flat_m, treedef, idx, new, block),
@@ -78,13 +77,13 @@ def drop_and_grow(
 
 
 def prune_to(
-    masks: PyTree, params: PyTree, keep_counts: dict[int, Array], key: Array, block: Block = None
+    masks: PyTree, scores: PyTree, keep_counts: dict[int, Array], key: Array, block: Block = None
 ) -> PyTree:
-    """Per leaf, keep the ``keep_counts[i]`` largest-``|w|`` units among the current actives.
+    """Per leaf, keep the ``keep_counts[i]`` units of largest ``|scores|`` among the current actives.
 
     ``keep_counts`` maps a leaf's flat index to a (possibly traced) count; pruned units never return.
     """
-    idx, flat_m, treedef, (ws,) = _sparse(masks, params)
+    idx, flat_m, treedef, (ws,) = _sparse(masks, scores)
     if not idx:
         return masks
     m_u = [mk.to_blocks(flat_m[i], block, "any") for i in idx]
@@ -95,13 +94,13 @@ def prune_to(
     return _rebuild(flat_m, treedef, idx, keep, block)
 
 
-def prune_global(masks: PyTree, params: PyTree, keep: Array, key: Array) -> PyTree:
-    """Keep the ``keep`` largest ``|w|`` among the actives of all sparsified leaves jointly.
+def prune_global(masks: PyTree, scores: PyTree, keep: Array, key: Array) -> PyTree:
+    """Keep the ``keep`` largest ``|scores|`` among the actives of all sparsified leaves jointly.
 
     One threshold across leaves, found by bisection over per-leaf counts: no concatenation of all
     weights and no global sort.
     """
-    idx, flat_m, treedef, (ws,) = _sparse(masks, params)
+    idx, flat_m, treedef, (ws,) = _sparse(masks, scores)
     if not idx:
         return masks
     chosen = topk_masks(ws, keep, [flat_m[i] for i in idx], key, magnitude=True)

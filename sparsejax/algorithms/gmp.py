@@ -22,13 +22,13 @@ from sparsejax import schedules
 from sparsejax.algorithms.drop_grow import no_growth, prune_global, prune_to
 from sparsejax.core import MaskUpdate, SparseAlgorithm
 from sparsejax.layout import Layout
-from sparsejax.selection import ConfigError, path_str
+from sparsejax.selection import path_str
 
 
 def check_initial(initial_sparsity: float, sparsity: float) -> None:
     if not 0.0 <= initial_sparsity <= sparsity:
-        raise ConfigError(
-            f"sparsity.initial_sparsity={initial_sparsity}: allowed values are in [0, sparsity={sparsity}]"
+        raise ValueError(
+            f"initial_sparsity={initial_sparsity}: allowed values are in [0, sparsity={sparsity}]"
         )
 
 
@@ -62,14 +62,17 @@ def gmp(
     initial_sparsity: float = 0.0,
     update_every: int = 100,
     start_step: int = 0,
-    end_step: int = 10_000,
+    end_step: int | None = None,
+    num_steps: int | None = None,
+    distribution: str = "uniform",
     seed: int = 0,
     **layout: Any,
 ) -> SparseAlgorithm:
-    """Per-leaf GMP to each leaf's share of ``sparsity`` (distribution ``uniform`` by default)."""
+    """Per-leaf GMP to each leaf's share of ``sparsity`` (uniform: every leaf pruned alike, as in the
+    paper); ``end_step=None`` is 75% of ``num_steps``."""
     check_initial(initial_sparsity, sparsity)
-    layout.setdefault("distribution", "uniform")
-    lay = Layout(sparsity=sparsity, **layout)
+    end_step = schedules.relative_step(end_step, num_steps, 0.75, "end_step")
+    lay = Layout(sparsity=sparsity, distribution=distribution, **layout)
     remaining = schedules.cubic_sparsity(1.0, 0.0, start_step, end_step, update_every)
 
     def update(masks, params, grads, step, key):
@@ -91,18 +94,19 @@ def global_magnitude(
     initial_sparsity: float = 0.0,
     update_every: int = 100,
     start_step: int = 0,
-    end_step: int = 10_000,
+    end_step: int | None = None,
+    num_steps: int | None = None,
+    distribution: str = "uniform",
     seed: int = 0,
     **layout: Any,
 ) -> SparseAlgorithm:
-    """GMP with one magnitude threshold across all sparsified leaves (element-granular)."""
+    """GMP with one magnitude threshold across all sparsified leaves (element-granular);
+    ``distribution`` only shapes the start masks when ``initial_sparsity > 0``."""
     check_initial(initial_sparsity, sparsity)
-    layout.setdefault("distribution", "uniform")
-    lay = Layout(sparsity=sparsity, **layout)
+    end_step = schedules.relative_step(end_step, num_steps, 0.75, "end_step")
+    lay = Layout(sparsity=sparsity, distribution=distribution, **layout)
     if lay.block_size is not None:
-        raise ConfigError(
-            "sparsity.block_size: global_magnitude supports element masks only (None)"
-        )
+        raise ValueError("block_size: global_magnitude supports element masks only (None)")
     sched = schedules.cubic_sparsity(initial_sparsity, sparsity, start_step, end_step, update_every)
 
     def update(masks, params, grads, step, key):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import optax
 
 from sparsejax import schedules
 from sparsejax.algorithms.drop_grow import drop_and_grow, prune_to
@@ -26,16 +27,18 @@ def granet(
     initial_sparsity: float = 0.0,
     update_every: int = 100,
     start_step: int = 0,
-    end_step: int = 10_000,
-    drop_fraction: float = 0.3,
+    end_step: int | None = None,
+    num_steps: int | None = None,
+    drop_fraction: float | optax.Schedule = 0.3,
     drop_schedule: str = "cosine",
+    distribution: str = "uniform",
     seed: int = 0,
     **layout: Any,
 ) -> SparseAlgorithm:
-    """GraNet; ``layout`` takes the Layout fields (distribution ``uniform`` by default)."""
+    """GraNet; ``end_step=None`` is 75% of ``num_steps``; ``layout`` takes the other Layout fields."""
     check_initial(initial_sparsity, sparsity)
-    layout.setdefault("distribution", "uniform")
-    lay = Layout(sparsity=sparsity, **layout)
+    end_step = schedules.relative_step(end_step, num_steps, 0.75, "end_step")
+    lay = Layout(sparsity=sparsity, distribution=distribution, **layout)
     remaining = schedules.cubic_sparsity(1.0, 0.0, start_step, end_step, update_every)
     regen = schedules.drop_fraction(drop_schedule, drop_fraction, start_step, end_step)
 
@@ -43,9 +46,7 @@ def granet(
         counts = scheduled_counts(lay, params, initial_sparsity, remaining(step))
         pruned = prune_to(masks, params, counts, key, lay.block_size)
         regen_key = jax.random.fold_in(key, 1)
-        return drop_and_grow(
-            pruned, params, grads, regen_key, regen(step), "gradient", lay.block_size
-        )
+        return drop_and_grow(pruned, params, grads, regen_key, regen(step), lay.block_size)
 
     return SparseAlgorithm(
         name="granet",

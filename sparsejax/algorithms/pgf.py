@@ -25,59 +25,64 @@ from sparsejax import masks as mk
 from sparsejax import schedules
 from sparsejax.algorithms.ste import nm_masks
 from sparsejax.core import SparseAlgorithm
+from sparsejax.forward import straight_through
 from sparsejax.layout import Layout
-from sparsejax.selection import ConfigError
 
 
 def pgf(
     n: int = 1,
     m: int = 8,
     *,
-    mode: str = "mdgf",
-    decay: str = "linear",
-    coef: float = 1e-4,
+    pgf_mode: str = "mdgf",
+    pgf_decay: str = "linear",
+    pgf_coef: float = 1e-4,
     sdgf_schedule: str = "sparsify",
     warmup_steps: int = 0,
-    end_step: int = 10_000,
-    axis: int = -2,
+    end_step: int | None = None,
+    num_steps: int | None = None,
+    nm_axis: int = -2,
     skip_indivisible: bool = False,
     seed: int = 0,
     **layout: Any,
 ) -> SparseAlgorithm:
-    """PGF at ``n:m`` with ``mode`` ``mdgf`` (mask decay) or ``sdgf`` (structure decay)."""
+    """PGF at ``n:m`` with ``pgf_mode`` ``mdgf`` (mask decay) or ``sdgf`` (structure decay); the decay
+    phase ends at ``end_step`` (None: 75% of ``num_steps``)."""
     if not 0 < n < m:
-        raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed 0 < n < m")
-    if mode not in ("mdgf", "sdgf"):
-        raise ConfigError(f"sparsity.pgf_mode={mode!r}: allowed values are mdgf, sdgf")
+        raise ValueError(f"n={n}, m={m}: allowed 0 < n < m")
+    if pgf_mode not in ("mdgf", "sdgf"):
+        raise ValueError(f"pgf_mode={pgf_mode!r}: allowed values are mdgf, sdgf")
+    end_step = schedules.relative_step(end_step, num_steps, 0.75, "end_step")
     if not 0 <= warmup_steps <= end_step:
-        raise ConfigError(
-            f"sparsity.warmup_steps={warmup_steps}: allowed 0 <= warmup_steps <= end_step={end_step}"
+        raise ValueError(
+            f"warmup_steps={warmup_steps}: allowed 0 <= warmup_steps <= end_step={end_step}"
         )
     lay = Layout(sparsity=1.0 - n / m, **{**layout, "distribution": "uniform"})
 
-    if mode == "mdgf":
-        delta = schedules.pgf_decay(decay, coef, warmup_steps, end_step)
+    def nm_of(params, pn: int, pm: int):
+        return nm_masks(params, set(lay.per_leaf(params)), pn, pm, nm_axis, skip_indivisible)
 
-        def masks_at(params, step):
-            return nm_masks(params, set(lay.per_leaf(params)), n, m, axis, skip_indivisible)
-
+    if pgf_mode == "mdgf":
+        delta = schedules.pgf_decay(pgf_decay, pgf_coef, warmup_steps, end_step)
+        # The decay ``delta(t)`` is the algorithm state; the forward uses ``w * (m + (1 - m) delta)``.
         return SparseAlgorithm(
             name="pgf",
-            init_masks=lambda params, key: masks_at(params, 0),
-            refresh_masks=lambda new_params, masks, step: masks_at(new_params, step),
+            init_masks=lambda params, key: nm_of(params, n, m),
+            refresh_masks=lambda new_params, masks, step, decay: nm_of(new_params, n, m),
             hard=False,
-            decay=delta,
+            forward=lambda params, state: mk.map_params(
+                lambda msk, w: straight_through(w, msk, state.algo_state), state.masks, params
+            ),
+            init_state=lambda params, masks, key: jnp.asarray(delta(0), jnp.float32),
+            update_state=lambda decay, grads, params, masks, step: jnp.asarray(
+                delta(step), jnp.float32
+            ),
             seed=seed,
         )
 
     frames = schedules.sdgf_decay_frames(n, m, sdgf_schedule)
 
     def masks_at(params, step):
-        names = set(lay.per_leaf(params))
-        final, *decaying = [
-            partial(nm_masks, names=names, n=pn, m=pm, axis=axis, skip_indivisible=skip_indivisible)
-            for pn, pm in [(n, m), *frames]
-        ]
+        final, *decaying = [partial(nm_of, pn=pn, pm=pm) for pn, pm in [(n, m), *frames]]
         dense = lambda p: mk.map_sparse(jnp.ones_like, final(p))  # noqa: E731
         return jax.lax.switch(
             _phase(step, len(frames), warmup_steps, end_step), [dense, *decaying, final], params
@@ -86,7 +91,7 @@ def pgf(
     return SparseAlgorithm(
         name="pgf",
         init_masks=lambda params, key: masks_at(params, 0),
-        refresh_masks=lambda new_params, masks, step: masks_at(new_params, step),
+        refresh_masks=lambda new_params, masks, step, algo_state: masks_at(new_params, step),
         hard=False,
         seed=seed,
     )

@@ -22,7 +22,7 @@ import optax
 from sparsejax import masks as mk
 from sparsejax.core import SparseAlgorithm
 from sparsejax.layout import Layout
-from sparsejax.selection import ConfigError, path_str
+from sparsejax.selection import path_str
 
 PyTree = Any
 
@@ -49,12 +49,10 @@ def mask_fn(
 ) -> Callable[[PyTree], PyTree]:
     """``params -> masks`` recomputed from magnitudes: N:M when ``n, m`` are given, else per-leaf top-k."""
     if (n is None) != (m is None):
-        raise ConfigError(
-            "sparsity.n / sparsity.m: allowed both set (N:M) or neither (unstructured)"
-        )
+        raise ValueError("n / m: allowed both set (N:M) or neither (unstructured)")
     if n is not None:
         if not 0 < n < m:
-            raise ConfigError(f"sparsity.n={n}, sparsity.m={m}: allowed 0 < n < m")
+            raise ValueError(f"n={n}, m={m}: allowed 0 < n < m")
         layout = {**layout, "distribution": "uniform"}
         lay = Layout(sparsity=1.0 - n / m, **layout)
         return lambda params: nm_masks(params, set(lay.per_leaf(params)), n, m, axis, skip)
@@ -63,21 +61,22 @@ def mask_fn(
 
 
 def ste(
-    sparsity: float | None = None,
+    sparsity: float = 0.9,
     *,
     n: int | None = None,
     m: int | None = None,
-    axis: int = -2,
+    nm_axis: int = -2,
     skip_indivisible: bool = False,
     seed: int = 0,
     **layout: Any,
 ) -> SparseAlgorithm:
-    """STE with N:M masks (``n, m``) or unstructured per-leaf top-k at ``sparsity``."""
-    masks_from = mask_fn(sparsity, n, m, axis, skip_indivisible, layout)
+    """STE with N:M masks (``n, m`` grouped along ``nm_axis``) or unstructured per-leaf top-k at
+    ``sparsity``."""
+    masks_from = mask_fn(sparsity, n, m, nm_axis, skip_indivisible, layout)
     return SparseAlgorithm(
         name="ste",
         init_masks=lambda params, key: masks_from(params),
-        refresh_masks=lambda new_params, masks, step: masks_from(new_params),
+        refresh_masks=lambda new_params, masks, step, algo_state: masks_from(new_params),
         hard=False,
         seed=seed,
     )
@@ -99,22 +98,22 @@ def sr_ste(
     n: int = 2,
     m: int = 4,
     *,
-    decay: float = 2e-4,
-    axis: int = -2,
+    sr_decay: float = 2e-4,
+    nm_axis: int = -2,
     skip_indivisible: bool = False,
     seed: int = 0,
     **layout: Any,
 ) -> SparseAlgorithm:
-    """SR-STE with N:M masks and refined-gradient weight ``decay`` (``lambda_w``); 0 gives plain STE."""
-    if decay < 0:
-        raise ConfigError(f"sparsity.sr_decay={decay}: allowed values are >= 0")
-    masks_from = mask_fn(None, n, m, axis, skip_indivisible, layout)
+    """SR-STE with N:M masks and refined-gradient weight ``sr_decay`` (``lambda_w``); 0 gives STE."""
+    if sr_decay < 0:
+        raise ValueError(f"sr_decay={sr_decay}: allowed values are >= 0")
+    masks_from = mask_fn(None, n, m, nm_axis, skip_indivisible, layout)
     return SparseAlgorithm(
         name="sr_ste",
         init_masks=lambda params, key: masks_from(params),
-        refresh_masks=lambda new_params, masks, step: masks_from(new_params),
+        refresh_masks=lambda new_params, masks, step, algo_state: masks_from(new_params),
         hard=False,
-        grad_transform=_refined(decay),
+        grad_transform=_refined(sr_decay),
         seed=seed,
     )
 
@@ -132,7 +131,7 @@ def sr_ste_decay(
     grouped axis ``m`` divides; other leaves pass through unchanged.
     """
     if not 0 < n < m:
-        raise ConfigError(f"sr_ste_decay: n={n}, m={m}: allowed 0 < n < m")
+        raise ValueError(f"sr_ste_decay: n={n}, m={m}: allowed 0 < n < m")
 
     def update(updates, state, params=None):
         if params is None:

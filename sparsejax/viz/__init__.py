@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from sparsejax.viz.workdir import Run, as_matrix, density, read_workdir, read_workdirs, sad
+from sparsejax.viz.workdir import Run, as_matrix, density, read_workdir, read_workdirs
 
 _PLOTS = {
     "new_figure": "curves",
@@ -34,7 +34,7 @@ _PLOTS = {
     "run_record": "sweep",
 }
 
-__all__ = ["Run", "as_matrix", "density", "read_workdir", "read_workdirs", "sad", *_PLOTS]
+__all__ = ["Run", "as_matrix", "density", "read_workdir", "read_workdirs", *_PLOTS]
 
 
 def __getattr__(name: str) -> Any:

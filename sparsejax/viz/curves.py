@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from sparsejax.viz.workdir import Run, sad
+from sparsejax.metrics import sad
+from sparsejax.viz.workdir import Run
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)) -> Figure:
@@ -104,8 +105,8 @@ def sad_from_snapshots(run: Run) -> tuple[list[int], np.ndarray, np.ndarray]:
     steps, history = run.mask_history()
     if not history:
         return [], np.zeros(0), np.zeros(0)
-    consecutive = [0.0] + [sad(a, b) for a, b in zip(history[:-1], history[1:])]
-    from_init = [sad(history[0], h) for h in history]
+    consecutive = [0.0] + [float(sad(a, b, True)) for a, b in zip(history[:-1], history[1:])]
+    from_init = [float(sad(history[0], h, True)) for h in history]
     return steps, np.asarray(consecutive), np.asarray(from_init)
 
 

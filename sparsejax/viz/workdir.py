@@ -147,10 +147,3 @@ def density(mask: np.ndarray) -> float:
     """Fraction of active positions."""
     mask = np.asarray(mask)
     return float(np.count_nonzero(mask)) / max(mask.size, 1)
-
-
-def sad(m1: dict[str, np.ndarray], m2: dict[str, np.ndarray], fraction: bool = True) -> float:
-    """SAD between two snapshots (positions that differ), as a fraction of sparsified weights by default."""
-    diff = sum(int(np.count_nonzero(m1[k] != m2[k])) for k in m1)
-    size = sum(int(m1[k].size) for k in m1)
-    return diff / max(size, 1) if fraction else float(diff)
