@@ -137,7 +137,7 @@ def nm_mask(w: Array, n: int, m: int, axis: int = 0, name: str = "array") -> Arr
     groups = jnp.abs(w).reshape(*w.shape[:axis], length // m, m, *w.shape[axis + 1 :])
     if n == 1:
         # Top-1 is the first maximum: one argmax per group, O(m) per group where the pairwise ranks
-        # below are O(m^2). Measured on the MLP step: PGF 1:8 1.32 -> 1.22x dense, 1:16 1.36 -> 1.24x.
+        # below are O(m^2) (docs/design.md, Performance notes).
         first = jnp.expand_dims(jnp.argmax(groups, axis=axis + 1), axis + 1)
         member = jax.lax.broadcasted_iota(first.dtype, groups.shape, axis + 1)
         return (member == first).reshape(w.shape)

@@ -161,3 +161,23 @@ def test_sparsify_inside_chain_and_masks_of_finds_state():
     )
     state = tx.init(params)
     assert int(mk.count_active(sj.masks_of(state))) == 32
+
+
+def test_schedules_may_be_callables():
+    """A drop fraction or a sparsity schedule given as any optax schedule of the global step."""
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (20, 10))}
+    grads = {"w": jax.random.normal(jax.random.PRNGKey(1), (20, 10))}
+    # RigL with its drop fraction a schedule: 0.5 at step 0, 0.25 at step 10
+    frac = optax.linear_schedule(0.5, 0.25, 10)
+    algo = sj.rigl(0.5, update_every=10, end_step=100, drop_fraction=frac)
+    masks = algo.init_masks(params, jax.random.PRNGKey(2))
+    for step, want in ((0, 50), (10, 25)):
+        upd = algo.update_masks(masks, params, grads, jnp.int32(step), jax.random.PRNGKey(3))
+        assert int(mk.count_active(upd.grown)) == want  # floor(f(t) * 100 actives)
+    # global GMP following a linear sparsity ramp instead of the cubic one: exact counts on the way
+    ramp = optax.linear_schedule(0.0, 0.8, 80)
+    gmp = sj.global_magnitude(0.8, update_every=20, end_step=100, sparsity_schedule=ramp)
+    masks = gmp.init_masks(params, jax.random.PRNGKey(2))
+    for step in (20, 40, 80):
+        masks = gmp.update_masks(masks, params, grads, jnp.int32(step), jax.random.PRNGKey(3)).masks
+        assert int(mk.count_active(masks)) == round((1 - float(ramp(step))) * 200)

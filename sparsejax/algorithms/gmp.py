@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from sparsejax import masks as mk
 from sparsejax import schedules
@@ -39,6 +40,23 @@ def start_masks(lay: Layout, initial_sparsity: float):
         return lay.init_masks(params, key, sparsity=initial_sparsity)
 
     return init
+
+
+def remaining_fraction(
+    sparsity: float,
+    initial_sparsity: float,
+    start_step: int,
+    end_step: int,
+    update_every: int,
+    sparsity_schedule: optax.Schedule | None = None,
+) -> optax.Schedule:
+    """step -> the fraction of the way from ``initial_sparsity`` to ``sparsity`` still to go: Zhu &
+    Gupta's ``(1 - p)^3``, or what a given ``sparsity_schedule(step)`` (any optax schedule of the
+    target sparsity) implies, each leaf moving by the same fraction of its own way."""
+    if sparsity_schedule is None:
+        return schedules.cubic_sparsity(1.0, 0.0, start_step, end_step, update_every)
+    span = max(sparsity - initial_sparsity, 1e-12)
+    return lambda step: jnp.clip((sparsity - sparsity_schedule(step)) / span, 0.0, 1.0)
 
 
 def scheduled_counts(
@@ -65,15 +83,18 @@ def gmp(
     end_step: int | None = None,
     num_steps: int | None = None,
     distribution: str = "uniform",
+    sparsity_schedule: optax.Schedule | None = None,
     seed: int = 0,
     **layout: Any,
 ) -> SparseAlgorithm:
     """Per-leaf GMP to each leaf's share of ``sparsity`` (uniform: every leaf pruned alike, as in the
-    paper); ``end_step=None`` is 75% of ``num_steps``."""
+    paper); ``end_step=None`` is 75% of ``num_steps``; ``sparsity_schedule`` replaces the cubic ramp."""
     check_initial(initial_sparsity, sparsity)
     end_step = schedules.relative_step(end_step, num_steps, 0.75, "end_step")
     lay = Layout(sparsity=sparsity, distribution=distribution, **layout)
-    remaining = schedules.cubic_sparsity(1.0, 0.0, start_step, end_step, update_every)
+    remaining = remaining_fraction(
+        sparsity, initial_sparsity, start_step, end_step, update_every, sparsity_schedule
+    )
 
     def update(masks, params, grads, step, key):
         counts = scheduled_counts(lay, params, initial_sparsity, remaining(step))
@@ -97,17 +118,21 @@ def global_magnitude(
     end_step: int | None = None,
     num_steps: int | None = None,
     distribution: str = "uniform",
+    sparsity_schedule: optax.Schedule | None = None,
     seed: int = 0,
     **layout: Any,
 ) -> SparseAlgorithm:
     """GMP with one magnitude threshold across all sparsified leaves (element-granular);
-    ``distribution`` only shapes the start masks when ``initial_sparsity > 0``."""
+    ``distribution`` only shapes the start masks when ``initial_sparsity > 0``; ``sparsity_schedule``
+    (step -> target sparsity) replaces the cubic ramp."""
     check_initial(initial_sparsity, sparsity)
     end_step = schedules.relative_step(end_step, num_steps, 0.75, "end_step")
     lay = Layout(sparsity=sparsity, distribution=distribution, **layout)
     if lay.block_size is not None:
         raise ValueError("block_size: global_magnitude supports element masks only (None)")
-    sched = schedules.cubic_sparsity(initial_sparsity, sparsity, start_step, end_step, update_every)
+    sched = sparsity_schedule or schedules.cubic_sparsity(
+        initial_sparsity, sparsity, start_step, end_step, update_every
+    )
 
     def update(masks, params, grads, step, key):
         total = sum(int(np.size(m)) for m in mk.sparse_leaves(masks))
