@@ -12,6 +12,7 @@ from sparsejax import distributions, masks, metrics, schedules, topk, tracking
 from sparsejax.algorithms.dense import dense
 from sparsejax.algorithms.gmp import global_magnitude, gmp
 from sparsejax.algorithms.granet import granet
+from sparsejax.algorithms.maskllm import maskllm
 from sparsejax.algorithms.pgf import pgf
 from sparsejax.algorithms.rigl import rigl
 from sparsejax.algorithms.set_sparse import set_sparse
@@ -62,6 +63,7 @@ __all__ = [
     "leaf_sparsities",
     "load_masks",
     "magnitude_mask",
+    "maskllm",
     "masks",
     "masked_forward",
     "masks_of",

@@ -16,6 +16,7 @@ from typing import Any
 from sparsejax.algorithms.dense import dense
 from sparsejax.algorithms.gmp import global_magnitude, gmp
 from sparsejax.algorithms.granet import granet
+from sparsejax.algorithms.maskllm import maskllm
 from sparsejax.algorithms.pgf import pgf
 from sparsejax.algorithms.rigl import rigl
 from sparsejax.algorithms.set_sparse import set_sparse
@@ -41,6 +42,7 @@ ALGORITHMS: dict[str, Constructor] = {
     "pgf": pgf,
     "snip": snip,
     "spdf": spdf,
+    "maskllm": maskllm,
 }
 
 _NOT_CONFIG = ("num_steps",)  # filled from the top-level config.num_steps
@@ -59,11 +61,20 @@ def register_algorithm(name: str, constructor: Constructor) -> None:
     ALGORITHMS[name] = constructor
 
 
+def _code_only(p: inspect.Parameter) -> bool:
+    """An argument only code can give (a schedule or other callable, None by default)."""
+    return p.default is None and str(p.annotation).startswith(("optax.Schedule", "Callable"))
+
+
 def _options(ctor: Constructor) -> dict[str, inspect.Parameter]:
     """A constructor's config keys: its keyword arguments; ``**kwargs`` adds the Layout fields, or
     the keys of the constructors listed in its ``forwards_to`` attribute (e.g. ``spdf``)."""
     params = inspect.signature(ctor).parameters
-    out = {k: p for k, p in params.items() if p.kind is not p.VAR_KEYWORD and k not in _NOT_CONFIG}
+    out = {
+        k: p
+        for k, p in params.items()
+        if p.kind is not p.VAR_KEYWORD and k not in _NOT_CONFIG and not _code_only(p)
+    }
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         targets = getattr(ctor, "forwards_to", None)
         # Layout's own sparsity is the constructor's to set (N:M methods derive it from n:m).

@@ -32,6 +32,7 @@ def section(**kw):
         ("pgf", {"n": 1, "m": 8, "pgf_mode": "sdgf"}),
         ("snip", {}),
         ("spdf", {"sparse_phase": "rigl", "release_step": 50}),
+        ("maskllm", {"n": 2, "m": 4}),
     ],
 )
 def test_every_algorithm_builds(algo, extra):
