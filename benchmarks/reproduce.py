@@ -2,8 +2,9 @@ r"""The papers' orderings at small scale: mnist5k, an MLP and a small CNN, sever
 
     python benchmarks/reproduce.py [--quick] [--steps 600] [--seeds 3] [--out benchmarks/results]
 
-Unstructured at 80/90/95%: dense, static (ERK, uniform), GMP, SET, RigL, GraNet. N:M at 2:4, 1:4, 1:8:
-STE, SR-STE, PGF (MDGF, linear decay to 0 at 75% of training). Every run trains in-process with one
+Unstructured at 80/90/95%: dense, static (ERK, uniform), GMP, SET, RigL, GraNet, SNIP, SPDF (static ERK,
+dense from 75%), lottery tickets (IMP, 3 rounds, rewound to init). N:M at 2:4, 1:4, 1:8: STE, SR-STE,
+PGF (MDGF, linear decay to 0 at 75% of training), MaskLLM. Every run trains in-process with one
 jitted ``lax.scan`` over all steps (``sj.forward_params`` in the loss, ``sj.sparsify`` optimizer); seeds
 reuse the compiled program. Writes ``reproduce.md`` (mean +- std of held-out accuracy, and for each
 published ordering whether it reproduced), ``reproduce.json`` and ``reproduce.png``; the report itself
@@ -26,6 +27,7 @@ import numpy as np
 import optax
 
 import sparsejax as sj
+from sparsejax.algorithms.drop_grow import prune_global
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # reproduce_report; experiments/ lives in the checkout
@@ -101,8 +103,9 @@ def load_data() -> dict[str, jax.Array]:
     }  # fmt: skip
 
 
-def make_runner(model: nn.Module, algo: sj.SparseAlgorithm, steps: int, lr: float):
-    """``run(seed, data, batch_idx) -> (accuracy, sparsity, final loss)``; compiles once per algorithm."""
+def compile_training(model: nn.Module, algo: sj.SparseAlgorithm, steps: int, lr: float):
+    """``init(key) -> (params, state)`` and ``train(params, state, data, idx) -> (accuracy, sparsity,
+    final loss, params)``, each jitted once per algorithm (seeds and IMP rounds reuse them)."""
     inner = optax.sgd(optax.cosine_decay_schedule(lr, steps), momentum=0.9)
     tx = sj.sparsify(inner, algo)
 
@@ -131,11 +134,38 @@ def make_runner(model: nn.Module, algo: sj.SparseAlgorithm, steps: int, lr: floa
         acc = jnp.mean(jnp.argmax(logits, -1) == data["y_test"])
         kernels = [w for w in jax.tree.leaves(fwd) if w.ndim >= 2]
         zeros = sum(jnp.sum(w == 0) for w in kernels) / sum(w.size for w in kernels)
-        return acc, zeros, losses[-20:].mean()
+        return acc, zeros, losses[-20:].mean(), p
+
+    return init, train
+
+
+def make_runner(model: nn.Module, algo: sj.SparseAlgorithm, steps: int, lr: float):
+    """``run(seed, data, batch_idx) -> (accuracy, sparsity, final loss)``; compiles once per algorithm."""
+    init, train = compile_training(model, algo, steps, lr)
 
     def run(seed: int, data: dict[str, jax.Array], idx: np.ndarray) -> tuple[float, float, float]:
         params, state = init(jax.random.PRNGKey(seed))
-        return tuple(float(v) for v in train(params, state, data, jnp.asarray(idx)))
+        return tuple(float(v) for v in train(params, state, data, jnp.asarray(idx))[:3])
+
+    return run
+
+
+def make_imp_runner(model: nn.Module, sparsity: float, steps: int, lr: float, rounds: int = 3):
+    """Lottery tickets (Frankle & Carbin 2019): train dense, then ``rounds`` times prune globally by
+    ``|w|`` to ``1 - (1 - sparsity)^(r / rounds)`` and rewind the survivors to the initialisation; the
+    last round's result. Each round trains ``steps`` steps (so IMP costs ``rounds + 1`` runs)."""
+    init, train = compile_training(model, sj.static(0.0), steps, lr)  # masks set per round
+    prune = jax.jit(lambda m, p, keep: prune_global(m, p, keep, jax.random.PRNGKey(0)))
+
+    def run(seed: int, data: dict[str, jax.Array], idx: np.ndarray) -> tuple[float, float, float]:
+        params, state = init(jax.random.PRNGKey(seed))
+        masks, idx = sj.masks_of(state), jnp.asarray(idx)
+        total = sum(int(m.size) for m in sj.masks.sparse_leaves(masks))
+        for r in range(rounds + 1):
+            out = train(sj.apply_masks(params, masks), state._replace(masks=masks), data, idx)
+            keep = round(total * (1.0 - sparsity) ** ((r + 1) / rounds))
+            masks = prune(masks, out[3], jnp.int32(keep)) if r < rounds else masks
+        return tuple(float(v) for v in out[:3])
 
     return run
 
@@ -153,7 +183,7 @@ def plan(quick: bool, models: list[str], core: bool) -> list[tuple[str, str, Any
     """(model, algorithm, level) of every configuration; ``core``: 90% and 1:8 only, no GMP/GraNet."""
     if quick:
         return [("mlp", "dense", None)] + [
-            ("mlp", a, 0.9) for a in ("static_erk", "set", "rigl", "snip", "spdf")
+            ("mlp", a, 0.9) for a in ("static_erk", "set", "rigl", "snip", "spdf", "imp")
         ] + [("mlp", a, (1, 8)) for a in NM]  # fmt: skip
     unstructured = UNSTRUCTURED[:2] + UNSTRUCTURED[3:5] if core else UNSTRUCTURED
     out = []
@@ -188,7 +218,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     records, t0 = [], time.perf_counter()
     for model_name, algo_name, level in plan(args.quick, args.models.split(","), args.core):
         t = time.perf_counter()
-        run = make_runner(MODELS[model_name](), make_algo(algo_name, level, steps), steps, args.lr)
+        model = MODELS[model_name]()
+        if algo_name == "imp":
+            run = make_imp_runner(model, float(level), steps, args.lr)
+        else:
+            run = make_runner(model, make_algo(algo_name, level, steps), steps, args.lr)
         results = [run(s, data, idx[s]) for s in range(seeds)]
         acc, zeros, loss = (np.asarray(v) for v in zip(*results))
         records.append({

@@ -20,7 +20,9 @@ import numpy as np
 
 # The grid the tables lay out (``reproduce.plan`` runs all of it or a part).
 DESCRIPTIONS = {"mlp": "MLP 784-256-128-10", "cnn": "CNN (conv 16 s2, conv 32 s2, dense 128, head)"}
-UNSTRUCTURED = ("static_erk", "static_uniform", "gmp", "set", "rigl", "granet", "snip", "spdf")
+UNSTRUCTURED = (
+    "static_erk", "static_uniform", "gmp", "set", "rigl", "granet", "snip", "spdf", "imp",
+)  # fmt: skip
 NM = ("ste", "sr_ste", "pgf", "maskllm")
 PATTERNS = ((2, 4), (1, 4), (1, 8))
 SPARSITIES = (0.8, 0.9, 0.95)
@@ -39,6 +41,7 @@ ORDERINGS = (  # (claim, algorithms best first, levels where it is claimed)
     ("PGF >= SR-STE at high N:M sparsity (1:8)", ("pgf", "sr_ste"), ((1, 8),)),
     ("SNIP >= static (uniform) at the same sparsity", ("snip", "static_uniform"), SPARSITIES),
     ("SPDF (dense fine-tuning) >= static (ERK)", ("spdf", "static_erk"), SPARSITIES),
+    ("Lottery tickets (IMP) >= static (uniform)", ("imp", "static_uniform"), SPARSITIES),
     ("MaskLLM (learned masks) >= STE (magnitude) at 2:4", ("maskllm", "ste"), ((2, 4),)),
 )
 

@@ -8,7 +8,7 @@ so any step can be recomputed from a checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +18,8 @@ import numpy as np
 import optax
 
 import sparsejax as sj
+from experiments.errors import ConfigError
+from sparsejax.selection import path_str
 
 State = dict[str, Any]
 Batch = dict[str, np.ndarray]
@@ -37,6 +39,7 @@ def init_state(
     image_shape,
     seed: int,
     mask_params: bool = False,
+    params: Mapping[str, Any] | None = None,
 ) -> State:
     """Fresh train state.
 
@@ -44,12 +47,18 @@ def init_state(
     because op-by-op mask creation compiles dozens of tiny programs (3x slower on CPU). ``mask_params``
     (masked-dense methods) zeroes the initial weights outside the masks, so training starts from the
     sparse network and the forward pass needs no mask multiply.
+
+    ``params``: the initial params in place of the model's fresh ones, as a flat mapping leaf path
+    (``sparsejax.selection.path_str``, e.g. ``"dense_0/kernel"``) -> array, one entry per leaf of the
+    model's params with its shape and dtype (ConfigError otherwise). They are placed like the fresh
+    ones, the optimizer state (masks included) is initialised from them, then ``mask_params`` applies
+    as above. ``model_state`` and the PRNG key stay as a fresh init makes them.
     """
     key = jax.random.PRNGKey(seed)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     variables = jax.jit(lambda k: model.init(k, dummy, train=False))(jax.random.fold_in(key, 1))
     variables = dict(variables)
-    params = variables.pop("params")
+    params = variables.pop("params") if params is None else _given(variables.pop("params"), params)
     opt_state = jax.jit(tx.init)(params)
     if mask_params:
         params = jax.jit(sj.apply_masks)(params, sj.masks_of(opt_state))
@@ -61,6 +70,27 @@ def init_state(
         "key": jax.random.fold_in(key, 2),
     }
     return commit(state)
+
+
+def _given(fresh: Any, values: Mapping[str, Any]) -> Any:
+    """``fresh`` (params) with every leaf replaced by ``values[its path]``, placed like it."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
+    names = [path_str(p) for p, _ in flat]
+    extra = sorted(set(values) - set(names))
+    if extra:
+        raise ConfigError(f"initial params: the model has no leaf {extra[0]!r}")
+    out = []
+    for name, (_, leaf) in zip(names, flat):
+        if name not in values:
+            raise ConfigError(f"initial params: no value for the model's leaf {name!r}")
+        value = np.asarray(values[name])
+        if value.shape != leaf.shape or value.dtype != leaf.dtype:
+            raise ConfigError(
+                f"initial params: leaf {name!r} is {value.dtype}{list(value.shape)}, "
+                f"the model's {leaf.dtype}{list(leaf.shape)}"
+            )
+        out.append(jax.device_put(value, leaf.sharding))
+    return treedef.unflatten(out)
 
 
 def commit(state: State) -> State:

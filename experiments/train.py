@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -70,19 +71,32 @@ def _mean(rows: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (or resume) ``config`` in ``workdir``; returns the final metrics, also in summary.json."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    init_params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) ``config`` in ``workdir``; returns the final metrics, also in summary.json.
+
+    ``init_params``: start from these params instead of a fresh init, as a flat mapping leaf path
+    (``sparsejax.selection.path_str``) -> array (see ``experiments.steps.init_state(params=)``);
+    masked-dense algorithms mask them. Only step 0 sees them: a resumed run restores its checkpoint.
+    """
     # Non-partitionable threefry compiles ~5x faster on CPU; partitionable only matters for sharded RNG.
     with (
         jax.threefry_partitionable(bool(config.threefry_partitionable)),
         _Preemption() as preemption,
         contextlib.ExitStack() as cleanup,  # closes the checkpointer on every exit path
     ):
-        return _train_and_evaluate(config, workdir, preemption, cleanup)
+        return _train_and_evaluate(config, workdir, preemption, cleanup, init_params)
 
 
 def _train_and_evaluate(
-    config, workdir: str, preemption: _Preemption, cleanup: contextlib.ExitStack
+    config,
+    workdir: str,
+    preemption: _Preemption,
+    cleanup: contextlib.ExitStack,
+    init_params: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     num_steps = config.num_steps
     with config_section("sparsity."):
@@ -93,7 +107,9 @@ def _train_and_evaluate(
     tx = sj.sparsify(inner, algo, track_metrics=True)
     # Masks are created here, so an N:M shape error surfaces before the train step compiles.
     with config_section("sparsity."):
-        state = steps.init_state(model, tx, pipeline.image_shape, config.seed, algo.hard)
+        state = steps.init_state(
+            model, tx, pipeline.image_shape, config.seed, algo.hard, params=init_params
+        )
     models.check_masks(model, sj.masks_of(state["opt_state"]))  # e.g. block_mlp: nnz == mask blocks
 
     train_step, eval_step = steps.make_steps(

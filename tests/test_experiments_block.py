@@ -63,10 +63,11 @@ def test_block_rigl_mlp_trains_through_experiments(tmp_path):
             blocks = _blocks(snapshot["masks"][name])
             target = round((1 - config.sparsity.sparsity) * (k // BLOCK) * (n // BLOCK))
             assert blocks.sum() == target, (snapshot["step"], name, blocks.sum(), target)
-    # The topology moved between the first and the last RigL update, in every layer.
-    first, last = loaded[1]["masks"], loaded[-2]["masks"]
+    # The topology moved at RigL's updates, in every layer (block_1 has only 6 of 64 blocks active,
+    # so one block moves per update and may move back later: compare every update with the one before).
     for name in LAYERS:
-        assert (_blocks(first[name]) != _blocks(last[name])).any(), name
+        history = [_blocks(s["masks"][name]) for s in loaded[:-1]]
+        assert any((a != b).any() for a, b in zip(history, history[1:])), name
     with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
         updates = [r for r in map(json.loads, f) if "grown" in r]
     assert len(updates) == 5 and sum(r["grown"] for r in updates) > 0

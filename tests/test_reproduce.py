@@ -33,6 +33,7 @@ def test_reproduce_quick(tmp_path):
         "snip",
         "spdf",
         "maskllm",
+        "imp",
     }
     for r in records:
         assert 0.5 < r["accuracy"][0] <= 1.0, r  # every run learns
