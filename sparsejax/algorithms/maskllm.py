@@ -15,12 +15,8 @@ binary masks with ``n`` ones (6 for 2:4). At step ``t`` (``p = min(t / end_step,
   mask re-drawn from the same noise), linearly removed as in the official code;
 - ``state.masks``: the argmax candidate of the updated logits per group (always valid N:M).
 
-Deviations: the weights keep learning (the paper's main runs freeze them); the prior is the kept
-magnitude, not a one-shot (e.g. SparseGPT) mask added with strength 3 to N(0, 0.01) logits (the
-default ``prior_scale`` 0.03 keeps that scale, without the random part); the regulariser sees the
-weights after this step's update, not the forward's; plain Adam on the logits (paper: the model's
-AdamW at 10x its learning rate, 5e-4 for LLaMA-2 7B). ``sj.value_and_grad`` also differentiates the
-Adam moments: zero gradients, unused (dead code under ``jit``).
+Where this differs from the paper (the weights keep learning; a magnitude prior instead of a one-shot
+SparseGPT mask; plain Adam on the logits): docs/algorithms.md, MaskLLM.
 """
 
 from __future__ import annotations
