@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from absl import flags
 from ml_collections import config_flags
@@ -46,6 +47,23 @@ def crash(error: BaseException, traceback_path: str) -> NoReturn:
         sys.exit(1)
     print(f"error: {text[:300]} (traceback in {traceback_path})", file=sys.stderr)
     sys.exit(1)
+
+
+def run(job: Callable[[], Any], workdir: str, expected: tuple[type, ...], resume: str) -> Any:
+    """``job()`` with one-line exits: an ``expected`` error (bad input) exits 2, Ctrl-C 130 with
+    the ``resume`` hint, anything else 1 with the traceback in ``workdir`` (one file per process)."""
+    try:
+        return job()
+    except expected as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail(f"interrupted; {resume}", 130)
+    except Exception as e:  # noqa: BLE001 - one line on stderr, the traceback in the workdir
+        import jax  # here: the CLI modules stay importable without starting a backend
+
+        index = jax.process_index()
+        name = "traceback.txt" if jax.process_count() == 1 else f"traceback.{index}.txt"
+        crash(e, os.path.join(workdir, name))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -232,14 +232,12 @@ def main(argv: list[str]) -> None:
         check(config)
     except (ConfigError, OSError) as e:
         cli.fail(str(e))
-    try:
-        result = lottery(config, workdir)
-    except (ConfigError, checkpointing.CheckpointError) as e:
-        cli.fail(str(e))
-    except KeyboardInterrupt:
-        cli.fail("interrupted; re-run the same command to resume the unfinished round", 130)
-    except Exception as e:  # noqa: BLE001 - one line on stderr, the traceback in the workdir
-        cli.crash(e, os.path.join(workdir, "traceback.txt"))
+    result = cli.run(
+        lambda: lottery(config, workdir),
+        workdir,
+        (ConfigError, checkpointing.CheckpointError),
+        "re-run the same command to resume the unfinished round",
+    )
     if result.get("preempted"):
         sys.exit(128 + signal.SIGTERM)
     print(table(result))

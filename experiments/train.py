@@ -271,16 +271,12 @@ def main(argv: list[str]) -> None:
         validate.check(config, workdir)
     except (ConfigError, OSError) as e:
         cli.fail(str(e))
-    try:
-        result = train_and_evaluate(config, workdir)
-    except (ConfigError, checkpointing.CheckpointError) as e:
-        cli.fail(str(e))
-    except KeyboardInterrupt:
-        cli.fail("interrupted; re-run the same command to resume from the latest checkpoint", 130)
-    except Exception as e:  # noqa: BLE001 - one line on stderr, the traceback in the workdir
-        index = jax.process_index()
-        name = "traceback.txt" if jax.process_count() == 1 else f"traceback.{index}.txt"
-        cli.crash(e, os.path.join(workdir, name))
+    result = cli.run(
+        lambda: train_and_evaluate(config, workdir),
+        workdir,
+        (ConfigError, checkpointing.CheckpointError),
+        "re-run the same command to resume from the latest checkpoint",
+    )
     if result.pop("preempted"):
         sys.exit(128 + signal.SIGTERM)
     print(json.dumps(result))
