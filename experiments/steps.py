@@ -19,7 +19,7 @@ import optax
 
 import sparsejax as sj
 from experiments.errors import ConfigError
-from sparsejax.selection import path_str
+from sparsejax.selection import leaf_paths, map_named
 
 State = dict[str, Any]
 Batch = dict[str, np.ndarray]
@@ -74,13 +74,11 @@ def init_state(
 
 def _given(fresh: Any, values: Mapping[str, Any]) -> Any:
     """``fresh`` (params) with every leaf replaced by ``values[its path]``, placed like it."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
-    names = [path_str(p) for p, _ in flat]
-    extra = sorted(set(values) - set(names))
+    extra = sorted(set(values) - set(leaf_paths(fresh)))
     if extra:
         raise ConfigError(f"initial params: the model has no leaf {extra[0]!r}")
-    out = []
-    for name, (_, leaf) in zip(names, flat):
+
+    def one(name: str, leaf: Any) -> Any:
         if name not in values:
             raise ConfigError(f"initial params: no value for the model's leaf {name!r}")
         value = np.asarray(values[name])
@@ -89,8 +87,9 @@ def _given(fresh: Any, values: Mapping[str, Any]) -> Any:
                 f"initial params: leaf {name!r} is {value.dtype}{list(value.shape)}, "
                 f"the model's {leaf.dtype}{list(leaf.shape)}"
             )
-        out.append(jax.device_put(value, leaf.sharding))
-    return treedef.unflatten(out)
+        return jax.device_put(value, leaf.sharding)
+
+    return map_named(one, fresh)
 
 
 def commit(state: State) -> State:

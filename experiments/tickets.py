@@ -30,7 +30,7 @@ import sparsejax as sj
 from experiments import checkpointing
 from experiments.errors import ConfigError
 from sparsejax.algorithms.drop_grow import prune_global
-from sparsejax.selection import path_str
+from sparsejax.selection import leaf_paths, map_named, path_str
 
 NAME = "lottery_ticket"
 
@@ -50,23 +50,21 @@ def ticket(
 
     def init_masks(params, key):
         loaded = load_ticket(masks_file) if masks_file else {}
-        flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-        names = [path_str(p) for p, _ in flat]
-        missing = sorted(set(loaded) - set(names))
+        missing = sorted(set(loaded) - set(leaf_paths(params)))
         if missing:
             raise ValueError(f"masks_file={masks_file!r}: the model has no leaf {missing[0]!r}")
-        out = []
-        for name, (_, w) in zip(names, flat):
+
+        def one(name, w):
             if name not in loaded:
-                out.append(sj.DENSE)
-                continue
+                return sj.DENSE
             if loaded[name].shape != w.shape:
                 raise ValueError(
                     f"masks_file={masks_file!r}: leaf {name!r} has shape {loaded[name].shape}, "
                     f"the model's is {tuple(w.shape)}"
                 )
-            out.append(jnp.asarray(loaded[name]))
-        return treedef.unflatten(out)
+            return jnp.asarray(loaded[name])
+
+        return map_named(one, params)
 
     init_state = update_state = None
     if record_rewind:

@@ -29,6 +29,12 @@ def path_str(path: tuple) -> str:
     return "/".join(_key_name(e) for e in path)
 
 
+def map_named(fn: Any, tree: PyTree) -> PyTree:
+    """``tree`` with every leaf replaced by ``fn(name, leaf)`` (``name``: its ``/``-joined path)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return treedef.unflatten([fn(path_str(p), leaf) for p, leaf in flat])
+
+
 def leaf_paths(tree: PyTree) -> list[str]:
     """Names of all leaves in flattening order."""
     return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
