@@ -1,20 +1,25 @@
 """Dense ``jnp.dot`` vs block-sparse matmul, timed interleaved in one process.
 
 For every block size and sparsity: forward (y = x @ W) and forward+backward (y plus dX and dW through
-``jax.vjp``), for each requested ``impl``, reporting the speedup over dense and the limit 1 / (1 - s).
-Writes ``<out-dir>/block_sparse_matmul_<tag>.json`` and ``.md`` naming the device and the machine load.
+``jax.vjp``), for each requested ``impl``, reporting the speedup over dense, the limit 1 / (1 - s) and
+the implementation ``auto`` chose for each product. Writes ``<out-dir>/block_sparse_matmul_<tag>.json``
+and ``.md`` naming the device and the machine load; the tag defaults to the device slug (``cpu``,
+``h100``, ``h200``, see ``benchmarks/machine.py``).
 
-CPU (the default): ``python benchmarks/block_sparse_matmul.py``
-H100/H200: ``python benchmarks/block_sparse_matmul.py --m 4096 --k 4096 --n 4096 --dtype bfloat16
---impls xla pallas auto --tag h100``
+Presets (explicit flags override them):
+  cpu (default): 2048^3 f32, blocks 32/64/128, 50/75/90/95%, xla and auto
+  device: 4096^3 bf16, blocks 64/128, 50/75/90/95%, xla, pallas (Triton), pallas:mosaic_gpu and
+    auto, 10 calls per round
+  smoke: 256^3 f32, 64-blocks at 75%, two rounds (seconds on CPU; Pallas runs interpreted there)
+
+    python benchmarks/block_sparse_matmul.py
+    python benchmarks/block_sparse_matmul.py --preset device --max-seconds 200    # on an H100/H200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +29,49 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import machine  # noqa: E402
+
 from kernels_pallas import BlockSparseMatrix, block_sparse_matmul, from_dense  # noqa: E402
+from kernels_pallas.ops import plan_for  # noqa: E402
+
+PRESETS = {
+    "cpu": dict(
+        m=2048,
+        k=2048,
+        n=2048,
+        dtype="float32",
+        blocks=[32, 64, 128],
+        sparsities=[0.5, 0.75, 0.9, 0.95],
+        impls=["xla", "auto"],
+        modes=["fwd", "fwd+bwd"],
+        rounds=11,
+        inner=1,
+    ),
+    "device": dict(
+        m=4096,
+        k=4096,
+        n=4096,
+        dtype="bfloat16",
+        blocks=[64, 128],
+        sparsities=[0.5, 0.75, 0.9, 0.95],
+        impls=["xla", "pallas", "pallas:mosaic_gpu", "auto"],
+        modes=["fwd", "fwd+bwd"],
+        rounds=7,
+        inner=10,
+    ),
+    "smoke": dict(
+        m=256,
+        k=256,
+        n=256,
+        dtype="float32",
+        blocks=[64],
+        sparsities=[0.75],
+        impls=["xla", "auto"],
+        modes=["fwd", "fwd+bwd"],
+        rounds=2,
+        inner=1,
+    ),
+}
 
 
 def _problem(m, k, n, block, sparsity, dtype, seed=0):
@@ -42,11 +89,18 @@ def _problem(m, k, n, block, sparsity, dtype, seed=0):
 
 
 def _forward(impl: str, x, w: BlockSparseMatrix, weight):
-    """y = x @ W, differentiable in ``weight`` (the dense matrix for the baseline, else block data)."""
+    """y = x @ W, differentiable in ``weight`` (the dense matrix for the baseline, else block data).
+
+    ``impl`` is an ``impl`` of ``block_sparse_matmul`` or ``impl:backend`` (``pallas:mosaic_gpu``).
+    """
     if impl == "jnp.dot":
         return jnp.dot(x, weight)
+    impl, _, backend = impl.partition(":")
     return block_sparse_matmul(
-        x, BlockSparseMatrix(weight, w.indices, w.indptr, w.shape, w.block_shape), impl=impl
+        x,
+        BlockSparseMatrix(weight, w.indices, w.indptr, w.shape, w.block_shape),
+        impl=impl,
+        backend=backend or None,
     )
 
 
@@ -81,31 +135,55 @@ def _interleaved(fns: dict, args, rounds: int, inner: int) -> dict[str, float]:
     return {name: float(np.median(v)) for name, v in samples.items()}
 
 
-def main(argv=None) -> None:
-    """Run the sweep and write the JSON and Markdown results."""
+def auto_plan(x, w: BlockSparseMatrix) -> str:
+    """What ``impl="auto"`` runs for each product, as "fwd/dx/dw" (e.g. "xla/xla/dense")."""
+    plan = plan_for(x, w, x.dtype, dict(impl="auto"))
+    return "/".join(p.removeprefix("pallas_") for p in (plan.fwd, plan.dx, plan.dw))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Flags over a preset: every flag left unset takes the preset's value."""
     p = argparse.ArgumentParser(description="dense vs block-sparse matmul")
-    p.add_argument("--m", type=int, default=2048)
-    p.add_argument("--k", type=int, default=2048)
-    p.add_argument("--n", type=int, default=2048)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9, 0.95])
-    p.add_argument("--impls", nargs="+", default=["xla", "auto"])
-    p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"])
-    p.add_argument("--rounds", type=int, default=11)
-    p.add_argument("--inner", type=int, default=1)
-    p.add_argument("--tag", default=None, help="results file suffix (default: the platform)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--m", type=int)
+    p.add_argument("--k", type=int)
+    p.add_argument("--n", type=int)
+    p.add_argument("--dtype", help="float32 or bfloat16")
+    p.add_argument("--blocks", type=int, nargs="+")
+    p.add_argument("--sparsities", type=float, nargs="+")
+    p.add_argument("--impls", nargs="+")
+    p.add_argument("--modes", nargs="+")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--inner", type=int)
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="start no new problem after this many seconds; the results written say so",
+    )
+    p.add_argument("--tag", default=None, help="results file suffix (default: the device slug)")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
+
+def main(argv=None) -> None:
+    """Run the sweep and write the JSON and Markdown results."""
+    args = parse_args(argv)
     dtype = jnp.dtype(args.dtype)
-    device = jax.devices()[0]
-    tag = args.tag or jax.default_backend()
-    load_before = os.getloadavg()
-    rows = []
+    tag = args.tag or machine.device_slug()
+    start, before = time.perf_counter(), machine.describe()
+    rows, skipped = [], []
     for block in args.blocks:
         for s in args.sparsities:
+            if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
+                skipped.append(f"{block}@{s:.0%}")
+                continue
             x, dy, w, wd = _problem(args.m, args.k, args.n, block, s, dtype)
+            plan = auto_plan(x, w)
             for mode in args.modes:
                 fns = {i: _fns(i, mode) for i in ["jnp.dot", *args.impls]}
                 ms = _interleaved(fns, (x, dy, w, wd), args.rounds, args.inner)
@@ -115,27 +193,31 @@ def main(argv=None) -> None:
                     "mode": mode,
                     "nnz": w.nnz,
                     "limit": round(1.0 / (1.0 - s), 2),
-                    "jnp_dot_ms": round(ms["jnp.dot"], 3),
+                    "auto_plan": plan,
+                    "jnp_dot_ms": round(ms["jnp.dot"], 4),
                 }
                 for impl in args.impls:
-                    row[f"{impl}_ms"] = round(ms[impl], 3)
+                    row[f"{impl}_ms"] = round(ms[impl], 4)
                     row[f"{impl}_speedup"] = round(ms["jnp.dot"] / ms[impl], 3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    load_after = os.getloadavg()
     meta = {
-        "device": f"{device.platform}: {device.device_kind}",
-        "host": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "device": before["device"],
+        "host": before["host"],
+        "cpu_count": before["cpu_count"],
         "shape": [args.m, args.k, args.n],
         "dtype": dtype.name,
         "impls": args.impls,
         "rounds": args.rounds,
         "inner": args.inner,
-        "loadavg_before": [round(v, 2) for v in load_before],
-        "loadavg_after": [round(v, 2) for v in load_after],
+        "preset": args.preset,
+        "scheduler": before["scheduler"],
+        "skipped": skipped,
+        "loadavg_before": before["loadavg"],
+        "loadavg_after": machine.load_average(),
         "jax": jax.__version__,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": round(time.perf_counter() - start, 1),
     }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,15 +234,21 @@ def _markdown(meta: dict, rows: list[dict], impls: list[str]) -> str:
         "",
         f"x ({meta['shape'][0]}, {meta['shape'][1]}) @ W ({meta['shape'][1]}, {meta['shape'][2]}), "
         f"{meta['dtype']}, uniformly random block topology; median of {meta['rounds']} interleaved "
-        f"rounds x {meta['inner']} calls; jax {meta['jax']}; {meta['cpu_count']} CPUs; load average "
+        f"rounds x {meta['inner']} calls; jax {meta['jax']}; {meta['cpu_count']} CPUs; "
+        f"{meta.get('scheduler', 'SCHED_OTHER')}; load average "
         f"before {meta['loadavg_before']}, after {meta['loadavg_after']}; {meta['time']}.",
         "Speedup = jnp.dot ms / impl ms (> 1 is faster); limit = 1 / (1 - sparsity). fwd+bwd = y, dX "
-        "and dW (dense dW for jnp.dot, stored blocks only for block-sparse).",
+        "and dW (dense dW for jnp.dot, stored blocks only for block-sparse). auto plan = what "
+        '`impl="auto"` runs for the forward / dX / dW products.',
+    ]
+    if meta.get("skipped"):
+        lines.append(f"Not run (time budget): {', '.join(meta['skipped'])}.")
+    lines += [
         "",
-        "| block | sparsity | mode | limit | jnp.dot ms | "
+        "| block | sparsity | mode | limit | auto plan | jnp.dot ms | "
         + " | ".join(f"{i} ms | {i} speedup" for i in impls)
         + " |",
-        "|" + "---|" * (5 + 2 * len(impls)),
+        "|" + "---|" * (6 + 2 * len(impls)),
     ]
     for r in rows:
         cells = [
@@ -168,12 +256,18 @@ def _markdown(meta: dict, rows: list[dict], impls: list[str]) -> str:
             f"{r['sparsity']:.0%}",
             r["mode"],
             f"{r['limit']:.1f}x",
-            f"{r['jnp_dot_ms']:.1f}",
+            r.get("auto_plan", "-"),
+            _ms(r["jnp_dot_ms"]),
         ]
         for i in impls:
-            cells += [f"{r[f'{i}_ms']:.1f}", f"**{r[f'{i}_speedup']:.2f}x**"]
+            cells += [_ms(r[f"{i}_ms"]), f"**{r[f'{i}_speedup']:.2f}x**"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _ms(v: float) -> str:
+    """Milliseconds with three significant digits (GPU rows are sub-millisecond)."""
+    return f"{v:.1f}" if v >= 10 else f"{v:.3g}"
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def operations() -> tuple[dict[str, callable], tuple]:
     return {
         "random init (static uniform)": (lambda k, m, p, g: static.init_masks(p, k)),
         "SET drop + random grow": (lambda k, m, p, g: set_.update_masks(m, p, g, step, k)),
-        "RigL drop + grow (tied gradients)": (lambda k, m, p, g: rigl.update_masks(m, p, g, step, k)),
+        "RigL drop + grow (tied gradients)": (
+            lambda k, m, p, g: rigl.update_masks(m, p, g, step, k)
+        ),
     }, (masks, params, grads)
 
 

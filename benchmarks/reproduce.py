@@ -14,6 +14,7 @@ published ordering whether it reproduced), ``reproduce.json`` and ``reproduce.pn
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -37,13 +38,15 @@ from experiments import sources  # noqa: E402
 
 
 class MLP(nn.Module):
-    """784-256-128-10 (widths divisible by 8, so every N:M pattern applies)."""
+    """784-hidden-10, ReLU (widths divisible by 8, so every N:M pattern applies)."""
+
+    hidden: tuple[int, ...] = (256, 128)
 
     @nn.compact
     def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(256)(x))
-        x = nn.relu(nn.Dense(128)(x))
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(10)(x)
 
 
@@ -59,6 +62,8 @@ class CNN(nn.Module):
 
 
 MODELS = {"mlp": MLP, "cnn": CNN}
+# Per dataset: the MLP's hidden widths (fashion_mnist: the SET paper's 784-1000-1000-1000-10).
+DATASETS = {"mnist5k": {"mlp": (256, 128)}, "fashion_mnist": {"mlp": (1000, 1000, 1000)}}
 
 
 def make_algo(name: str, level: float | tuple[int, int] | None, steps: int) -> sj.SparseAlgorithm:
@@ -92,9 +97,18 @@ def make_algo(name: str, level: float | tuple[int, int] | None, steps: int) -> s
     }[name]()
 
 
-def load_data() -> dict[str, jax.Array]:
-    """mnist5k's fixed 4,000/1,000 split (the one ``experiments`` uses), standardised, NHWC float32."""
-    train, test, _ = sources.embedded("mnist5k")
+def load_data(name: str = "mnist5k") -> dict[str, jax.Array]:
+    """mnist5k's fixed 4,000/1,000 split (the one ``experiments`` uses) or Fashion-MNIST's official
+    60,000/10,000 one (its idx files), standardised, NHWC float32."""
+    if name == "fashion_mnist":
+        directory = sources.IDX_DIRS[name]
+        if not sources.idx_files_present(directory):
+            sys.exit(
+                f"error: {directory}: no Fashion-MNIST idx files; apt-get install dataset-fashion-mnist"
+            )
+        train, test, _ = sources.idx(name, directory, "train", "test")
+    else:
+        train, test, _ = sources.embedded(name)
     x_tr, x_te = train.images.astype(np.float32) / 255.0, test.images.astype(np.float32) / 255.0
     mean, std = x_tr.mean(), x_tr.std()
     return {
@@ -194,6 +208,16 @@ def plan(quick: bool, models: list[str], core: bool) -> list[tuple[str, str, Any
     return out
 
 
+def _level_name(level: float | tuple[int, int] | None) -> str:
+    return (
+        "dense"
+        if level is None
+        else f"{level[0]}:{level[1]}"
+        if isinstance(level, tuple)
+        else str(level)
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -203,7 +227,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--steps", type=int, default=None, help="steps per run (default 600, quick 120)"
     )
     ap.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 3)")
+    ap.add_argument("--data", default="mnist5k", choices=sorted(DATASETS))
     ap.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
+    ap.add_argument(
+        "--algorithms",
+        default="",
+        help="comma-separated subset of the grid's algorithms, dense included (default all)",
+    )
+    ap.add_argument(
+        "--levels", default="", help="comma-separated subset: 0.8, 0.9, 0.95, 2:4, 1:4, 1:8"
+    )
     ap.add_argument("--core", action="store_true", help="only 90%% and 1:8, no GMP/GraNet")
     ap.add_argument("--tag", default="", help="suffix of the output files (reproduce<tag>.md)")
     ap.add_argument("--batch", type=int, default=128)
@@ -212,13 +245,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     steps = args.steps or (120 if args.quick else 600)
     seeds = args.seeds or (1 if args.quick else 3)
-    data = load_data()
+    data = load_data(args.data)
     n_train = int(data["y_train"].shape[0])
     idx = {s: batch_indices(s, steps, args.batch, n_train) for s in range(seeds)}
     records, t0 = [], time.perf_counter()
-    for model_name, algo_name, level in plan(args.quick, args.models.split(","), args.core):
+    os.makedirs(args.out, exist_ok=True)
+    data_tag = "" if args.data == "mnist5k" else f"_{args.data}"
+    stem = "reproduce" + data_tag + ("_quick" if args.quick else "") + args.tag
+    grid = plan(args.quick, args.models.split(","), args.core)
+    if args.algorithms:
+        chosen = set(args.algorithms.split(","))
+        if chosen - {"dense", *UNSTRUCTURED, *NM}:
+            sys.exit(f"error: --algorithms: unknown {', '.join(sorted(chosen - {*UNSTRUCTURED, *NM}))}; "
+                     f"allowed: {', '.join((*UNSTRUCTURED, *NM))}")  # fmt: skip
+        grid = [g for g in grid if g[1] in chosen]
+    if args.levels:  # e.g. "0.8,0.95,2:4": resume a grid a level at a time
+        grid = [g for g in grid if _level_name(g[2]) in args.levels.split(",")]
+    hidden = DATASETS[args.data]["mlp"]
+    for model_name, algo_name, level in grid:
         t = time.perf_counter()
-        model = MODELS[model_name]()
+        model = MLP(hidden) if model_name == "mlp" else MODELS[model_name]()
         if algo_name == "imp":
             run = make_imp_runner(model, float(level), steps, args.lr)
         else:
@@ -233,14 +279,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         })  # fmt: skip
         print(f"{model_name:4s} {algo_name:15s} {str(level):7s} acc {acc.mean():.4f} +- {acc.std():.4f} "
               f"sparsity {zeros.mean():.3f} ({time.perf_counter() - t:.1f}s)", flush=True)  # fmt: skip
+        with open(
+            os.path.join(args.out, stem + ".partial.json"), "w"
+        ) as f:  # what an interrupted run keeps
+            json.dump({"records": records}, f)
     meta = {
-        "quick": args.quick, "core": args.core, "models": args.models, "steps": steps, "seeds": seeds, "batch": args.batch, "lr": args.lr,
+        "data": args.data, "n_train": n_train, "mlp": f"MLP 784-{'-'.join(map(str, hidden))}-10",
+        "algorithms": args.algorithms, "levels": args.levels, "quick": args.quick, "core": args.core, "models": args.models, "steps": steps, "seeds": seeds, "batch": args.batch, "lr": args.lr,
         "seconds": time.perf_counter() - t0, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "jax": jax.__version__, "backend": jax.default_backend(), "tag": args.tag,
     }  # fmt: skip
-    os.makedirs(args.out, exist_ok=True)
-    stem = "reproduce" + ("_quick" if args.quick else "") + args.tag
     print(write(os.path.join(args.out, stem), {"meta": meta, "records": records}))
+    os.remove(os.path.join(args.out, stem + ".partial.json"))
     return {"meta": meta, "records": records}
 
 

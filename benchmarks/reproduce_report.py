@@ -26,6 +26,20 @@ UNSTRUCTURED = (
 NM = ("ste", "sr_ste", "pgf", "maskllm")
 PATTERNS = ((2, 4), (1, 4), (1, 8))
 SPARSITIES = (0.8, 0.9, 0.95)
+DATA = {  # how the set-up sentence names each dataset of ``reproduce.py --data``
+    "mnist5k": "mnist5k (4,000 train / 1,000 held-out digits)",
+    "fashion_mnist": "Fashion-MNIST (the official 60,000 train / 10,000 test images)",
+}
+# Dense rows of the dataset's own benchmark table (its README, "Benchmark": submitted, not re-tested by
+# the dataset's authors), to set the dense baselines against: (model, preprocessing, test accuracy %).
+PUBLISHED = {
+    "fashion_mnist": (
+        ("mlp", "MLP 256-128-100", "none", 88.33),
+        ("cnn", "2 Conv+pooling (Kashif Rasul)", "none", 87.6),
+        ("cnn", "2 Conv+pooling (TensorFlow's tutorial)", "none", 91.6),
+        ("cnn", "2 Conv+pooling+ELU (PyTorch)", "none", 90.3),
+    ),
+}
 
 
 ORDERINGS = (  # (claim, algorithms best first, levels where it is claimed)
@@ -121,7 +135,8 @@ def _command(m: dict[str, Any]) -> str:
     """The command line that produced a run, rebuilt from its meta (the tag from its file if not there)."""
     source = os.path.splitext(m.get("source", ""))[0]
     tag = m.get("tag", source.removeprefix("reproduce").removeprefix("_quick"))
-    flags = {"--models": m["models"], "--quick": m["quick"], "--core": m["core"], "--steps": m["steps"],
+    flags = {"--data": m.get("data", "mnist5k") != "mnist5k" and m.get("data"),
+             "--models": m["models"], "--algorithms": m.get("algorithms"), "--levels": m.get("levels"), "--quick": m["quick"], "--core": m["core"], "--steps": m["steps"],
              "--seeds": m["seeds"], "--batch": m["batch"] != 128 and m["batch"],
              "--lr": m["lr"] != 0.05 and m["lr"], "--tag": tag}  # fmt: skip
     return "python benchmarks/reproduce.py" + "".join(
@@ -129,23 +144,49 @@ def _command(m: dict[str, Any]) -> str:
     )
 
 
+def _published(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Our dense baselines next to the dataset's published benchmark rows (none for mnist5k)."""
+    rows = PUBLISHED.get(meta.get("data", "mnist5k"), ())
+    if not rows:
+        return []
+    ours = {
+        r["model"]: np.asarray(r["accuracy"]) * 100 for r in records if r["algorithm"] == "dense"
+    }
+    lines = ["", "Dense baselines next to the dataset's own benchmark table (its README; submitted "
+             "figures, best of unspecified epochs):", "", "| model | preprocessing | test accuracy (%) |",
+             "| --- | --- | --- |"]  # fmt: skip
+    for model, acc in ours.items():
+        name = meta.get("mlp", DESCRIPTIONS["mlp"]) if model == "mlp" else DESCRIPTIONS[model]
+        lines.append(
+            f"| **ours, dense {name}** | standardised | {acc.mean():.2f} ± {acc.std():.2f} |"
+        )
+        lines += [f"| {n} (published) | {pre} | {a:.2f} |" for m, n, pre, a in rows if m == model]
+    return lines
+
+
 def _setup(meta: dict[str, Any] | list[dict[str, Any]], models: list[str]) -> str:
     """The set-up sentence: of the one run, or of each merged run (its models, budget, time, command)."""
 
     def budget(m):
-        return (f"{m['steps']} steps of batch {m['batch']} (~{m['steps'] * m['batch'] / 4000:.0f} epochs), "
+        epochs = m["steps"] * m["batch"] / m.get("n_train", 4000)
+        return (f"{m['steps']} steps of batch {m['batch']} (~{epochs:.1f} epochs), "
                 f"SGD momentum 0.9, lr {m['lr']} cosine, {m['seeds']} seed(s) per cell")  # fmt: skip
 
     def where(m):
         return (f"{'quick mode, ' if m['quick'] else ''}{m['seconds']:.0f} s on {m['machine']} "
                 f"({m['backend']}, jax {m['jax']})")  # fmt: skip
 
-    head = "mnist5k (4,000 train / 1,000 held-out digits), "
+    first = meta if isinstance(meta, dict) else meta[0]
+    head = DATA[first.get("data", "mnist5k")] + ", "
+
+    def names(m):
+        return dict(DESCRIPTIONS, mlp=m.get("mlp", DESCRIPTIONS["mlp"]))
+
     if isinstance(meta, dict):
         return (f"{head}{budget(meta)} (init, mask and data order all vary), {where(meta)}. Models: "
-                + " and ".join(DESCRIPTIONS[m] for m in models) + ".")  # fmt: skip
+                + " and ".join(names(meta)[m] for m in models) + ".")  # fmt: skip
     runs = [
-        f"{' and '.join(DESCRIPTIONS[x] for x in m['models'].split(','))}: {budget(m)}"
+        f"{' and '.join(names(m)[x] for x in m['models'].split(','))}: {budget(m)}"
         + (", 90% and 1:8 only, no GMP/GraNet" if m["core"] else "")
         + f", {where(m)}; `{m['source']}` from `{_command(m)}`"
         for m in meta
@@ -166,6 +207,7 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any] | list[dict[str
         "", "Held-out accuracy (%), mean ± std over seeds:", "",
     ]  # fmt: skip
     lines += _table(records, UNSTRUCTURED, SPARSITIES) + [""] + _table(records, NM, PATTERNS)
+    lines += _published(records, meta if isinstance(meta, dict) else meta[0])
     cols = ["verdict"] if len(models) == 1 else [f"verdict ({m})" for m in models]
     lines += ["", "## Published orderings at this scale", "",
               "| claim | " + " | ".join(cols) + " | cases (means) |", "| --- |" + " --- |" * (len(cols) + 1)]  # fmt: skip

@@ -14,6 +14,7 @@ so it is the steadier of the two there; on small steps it also counts the pool's
 so the two can differ by several percent.
 
     python benchmarks/step_overhead.py [--rounds 7] [--mlp-rounds 40] [--steps 20]
+    python benchmarks/step_overhead.py --smoke --out /tmp/step_overhead_cpu.json   # seconds, for CI
 """
 
 from __future__ import annotations
@@ -122,12 +123,12 @@ def time_steps(step, p, s, x, y, n):
     return ((time.perf_counter() - t) / n, (time.process_time() - c) / n), (p, s)
 
 
-def ratio_rows(med: dict[str, float]) -> dict[str, dict]:
+def ratio_rows(med: dict[str, float], algorithms=tuple(ALGOS)) -> dict[str, dict]:
     """Per algorithm: step / dense step, the update step's ratio and the amortised overhead @100."""
     dense = med["dense"]
     amortised = lambda step, upd: (99 * step + upd) / 100 / dense - 1  # noqa: E731
     rows = {}
-    for algo in ALGOS:
+    for algo in algorithms:
         row = {"step_ms": 1e3 * med[algo], "ratio_vs_dense": med[algo] / dense}
         masked, upd = med.get(f"{algo}@masked"), med.get(f"{algo}@update")
         if masked is not None:
@@ -141,10 +142,10 @@ def ratio_rows(med: dict[str, float]) -> dict[str, dict]:
     return rows
 
 
-def bench_model(name, model, x, y, rounds, steps, donate):
+def bench_model(name, model, x, y, rounds, steps, donate, algorithms=tuple(ALGOS)):
     params = model.init(jax.random.PRNGKey(0), x)["params"]
     runs = {"dense": make_step(model, None, donate=donate)}
-    for algo, (rare, every) in ALGOS.items():
+    for algo, (rare, every) in ((a, ALGOS[a]) for a in algorithms):
         runs[algo] = make_step(model, sparsify(rare()), donate=donate)
         if every is not None:
             runs[f"{algo}@update"] = make_step(model, sparsify(every()), donate=donate)
@@ -166,7 +167,7 @@ def bench_model(name, model, x, y, rounds, steps, donate):
             times[k].append(dt)
     wall = {k: statistics.median(t[0] for t in v) for k, v in times.items()}
     cpu = {k: statistics.median(t[1] for t in v) for k, v in times.items()}
-    masks = sj.masks_of(states["rigl"][1])
+    masks = sj.masks_of(states[algorithms[0]][1])
     n_sparse = sum(int(np.size(m)) for m in sj.masks.sparse_leaves(masks))
     n_params = sum(int(np.size(p)) for p in jax.tree.leaves(params))
     packed = sum(int(np.size(m)) for m in sj.masks.sparse_leaves(sj.pack_masks(masks)))
@@ -175,8 +176,8 @@ def bench_model(name, model, x, y, rounds, steps, donate):
         "params": n_params,
         "dense_step_ms": 1e3 * wall["dense"],
         "dense_step_cpu_ms": 1e3 * cpu["dense"],
-        "algorithms": ratio_rows(wall),
-        "algorithms_cpu_time": ratio_rows(cpu),
+        "algorithms": ratio_rows(wall, algorithms),
+        "algorithms_cpu_time": ratio_rows(cpu, algorithms),
         "mask_bytes_bool": n_sparse,
         "mask_bytes_packed": packed,
         "param_bytes_f32": 4 * n_params,
@@ -246,30 +247,31 @@ def main():
     ap.add_argument(
         "--out", default=os.path.join(os.path.dirname(__file__), "results", "step_overhead.json")
     )
+    ap.add_argument("--models", nargs="+", choices=("mlp", "cnn"), default=["mlp", "cnn"])
+    ap.add_argument("--algorithms", nargs="+", choices=tuple(ALGOS), default=list(ALGOS))
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: the MLP only, static only, batch 8, one round of one step",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        args.models, args.algorithms = ["mlp"], ["static"]
+        args.rounds = args.mlp_rounds = args.steps = 1
+        args.batch = 8
     donate = args.donate == "yes" or (args.donate == "trainer" and jax.default_backend() != "cpu")
     key = jax.random.PRNGKey(1)
     y = jax.random.randint(key, (args.batch,), 0, 10)
-    results = [
-        bench_model(
-            "mlp",
-            MLP(),
-            jax.random.normal(key, (args.batch, 784)),
-            y,
-            args.mlp_rounds,
-            args.steps,
-            donate,
-        ),
-        bench_model(
-            "cnn",
-            CNN(),
-            jax.random.normal(key, (args.batch, 28, 28, 1)),
-            y,
-            args.rounds,
-            args.steps,
-            donate,
-        ),
-    ]
+    inputs = {
+        "mlp": (MLP(), (args.batch, 784), args.mlp_rounds),
+        "cnn": (CNN(), (args.batch, 28, 28, 1), args.rounds),
+    }
+    results = []
+    for name in args.models:
+        model, shape, rounds = inputs[name]
+        x = jax.random.normal(key, shape)
+        algorithms = tuple(args.algorithms)
+        results.append(bench_model(name, model, x, y, rounds, args.steps, donate, algorithms))
     meta = {
         "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "jax": jax.__version__,

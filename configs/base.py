@@ -38,7 +38,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer.label_smoothing = 0.0
 
     config.model = ml_collections.ConfigDict()
-    # mlp | block_mlp | lenet | resnet20 | resnet18 | wrn22_2 | resnet50 | vit_tiny | transformer_lm
+    # mlp | block_mlp | lenet | resnet20 | resnet18 | wrn22_2 | resnet50 | vit_tiny | block_vit |
+    # transformer_lm
     config.model.name = "lenet"
     # Every model's keys, None meaning "that model's default" (so any of them can be set from the CLI).
     m = config.model
@@ -56,16 +57,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.num_heads = config_dict.placeholder(int)  # vit
     m.mlp_dim = config_dict.placeholder(int)  # vit, transformer_lm
     m.tie_embeddings = config_dict.placeholder(bool)  # transformer_lm
-    m.block_size = config_dict.placeholder(int)  # block_mlp: square block edge of the sparse layers
-    m.density = config_dict.placeholder(float)  # block_mlp: block density, 1 - sparsity.sparsity
-    m.impl = config_dict.placeholder(str)  # block_mlp: auto | xla | pallas | dense
-    m.dense_weight_grad = config_dict.placeholder(bool)  # block_mlp: dense kernel grads (RigL)
+    m.block_size = config_dict.placeholder(int)  # block_mlp/vit: square block edge of sparse layers
+    m.density = config_dict.placeholder(float)  # block_mlp/vit: block density, 1 - sparsity
+    m.impl = config_dict.placeholder(str)  # block_mlp/vit: auto | xla | pallas | dense
+    m.dense_weight_grad = config_dict.placeholder(bool)  # block_mlp/vit masked: dense kernel grads
+    m.compressed = config_dict.placeholder(bool)  # block_mlp/vit: params = the stored blocks only
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = (
-        "mnist5k"  # mnist5k | digits | any prepared TFDS image-classification dataset
-    )
+    config.data.name = "mnist5k"  # mnist5k | digits | fashion_mnist | any prepared TFDS image-classification dataset
     config.data.tfds_data_dir = ""  # "": TFDS default (~/tensorflow_datasets)
+    config.data.idx_dir = (
+        ""  # fashion_mnist idx files; "": where Debian installs them (sources.IDX_DIRS)
+    )
     config.data.download = False
     config.data.train_split = "train"
     config.data.eval_split = "test"

@@ -1,12 +1,19 @@
 """Block RigL on a block-sparse MLP: 90% of the 16x16 blocks of every hidden layer pruned (uniform).
 
-The hidden layers are ``kernels_pallas.BlockSparseDense`` (``experiments/models/block_mlp.py``): they
-compute only their active blocks, read off the masked kernel. RigL drops and grows whole blocks
-(``sparsity.block_size``) by block norms of the weights and of the dense gradient. The model's block
-density is tied to ``sparsity.sparsity`` by a field reference, so ``--config.sparsity.sparsity=0.8``
-moves both; the run is rejected before compiling if they ever disagree.
+The hidden layers are compressed (``kernels_pallas.CompressedBlockDense``, see
+``experiments/models/block_mlp.py``): their params are the stored blocks, the topology lives in the
+sparse-training state, and a step computes only the stored blocks; RigL drops and grows whole blocks
+(``sparsity.block_size``) by block norms of the weights and of the dense gradient, the latter computed
+on mask-update steps only. ``--config.model.compressed=False`` trains the same network masked-dense
+(``BlockSparseDense``: a dense kernel and a dense gradient every step; the same masks and updates).
+The model's block density is tied to ``sparsity.sparsity`` by a field reference, so
+``--config.sparsity.sparsity=0.8`` moves both; the run is rejected before compiling if they disagree.
 
     python -m experiments.train --config=configs/block_rigl_mlp.py --workdir=workdirs/block_rigl
+
+300 steps of batch 128 on mnist5k: ~0.93 held-out accuracy, about 45 s on 2 CPU cores (30 s of it
+compiling). The train step is ~1.6x faster than the masked-dense form and ~1.5x faster than the dense
+MLP (CPU time, interleaved; benchmarks/sparse_training_speed.py has the 2048-wide figures).
 """
 
 from configs import base
@@ -44,5 +51,6 @@ def get_config(arg=None):
     m.block_size = BLOCK
     m.density = 1.0 - s.get_ref("sparsity")  # follows --config.sparsity.sparsity
     m.impl = "auto"
-    m.dense_weight_grad = True  # RigL grows blocks by the dense gradient
+    m.compressed = True  # params: the stored blocks; RigL's dense-gradient norms on update steps
+    m.dense_weight_grad = True  # masked-dense form (compressed=False): RigL's dense gradient
     return config

@@ -188,6 +188,8 @@ def open_sources(data: ml_collections.ConfigDict):
     """Train source, eval source and info for ``config.data``."""
     if data.name in sources.EMBEDDED:
         return sources.embedded(data.name)
+    if data.name in sources.IDX_DIRS:
+        return sources.idx_or_tfds(data.name, data)
     return sources.tfds(
         data.name,
         data.tfds_data_dir or None,

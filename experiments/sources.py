@@ -2,6 +2,8 @@
 
 A source is a sequence of ``{"image": uint8[H, W, C], "label": int}`` records plus a :class:`SourceInfo`.
 Embedded datasets (``mnist5k``, ``digits``) ship inside pip wheels, so the default run needs no download.
+``fashion_mnist`` is read from the original idx files (Debian's ``dataset-fashion-mnist`` package installs them)
+or from a prepared TFDS ``fashion_mnist``.
 TFDS datasets are read through ``tfds.data_source`` (no TensorFlow needed) and never downloaded unless
 ``config.data.download`` is set.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -20,6 +23,9 @@ import numpy as np
 from experiments.errors import ConfigError
 
 EMBEDDED = ("mnist5k", "digits")
+# Datasets read from the original idx files: name -> the directory Debian's package installs them in.
+IDX_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+IDX_SPLITS = {"train": "train", "test": "t10k"}  # split name -> file prefix
 # The deterministic train/test split of the embedded datasets never depends on config.seed, so every run
 # of every config evaluates on the same held-out images.
 _SPLIT_SEED = 0
@@ -110,6 +116,101 @@ def embedded(name: str, test_fraction: float = 0.2) -> tuple[ArraySource, ArrayS
     return train, test, info
 
 
+def _read_idx(path: str, magic: int) -> np.ndarray:
+    """The array of one gzipped idx file (big-endian header: magic, then one uint32 per dimension)."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = magic & 0xFF
+    header = np.frombuffer(raw[: 4 + 4 * ndim], ">u4") if len(raw) >= 4 + 4 * ndim else None
+    if header is None or header[0] != magic or len(raw) != 4 + 4 * ndim + int(np.prod(header[1:])):
+        raise ConfigError(
+            f"config.data.idx_dir: {path} is not a complete idx file of a {ndim}-d uint8 array; "
+            f"reinstall it (apt-get install --reinstall dataset-fashion-mnist)"
+        )
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(header[1:])
+
+
+@functools.cache
+def _idx_arrays(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 NHWC) and labels (int32) of one split from ``<prefix>-{images-idx3,labels-idx1}-ubyte.gz``."""
+    prefix = os.path.join(directory, IDX_SPLITS[split])
+    images = _read_idx(f"{prefix}-images-idx3-ubyte.gz", 0x803)
+    labels = _read_idx(f"{prefix}-labels-idx1-ubyte.gz", 0x801)
+    if len(images) != len(labels):
+        raise ConfigError(
+            f"config.data.idx_dir: {prefix}-*: {len(images)} images but {len(labels)} labels"
+        )
+    return images[..., None], labels.astype(np.int32)
+
+
+def idx_files_present(directory: str) -> bool:
+    """Whether ``directory`` holds the four idx files of a train/test split."""
+    return all(
+        os.path.isfile(os.path.join(directory, f"{prefix}-{kind}-ubyte.gz"))
+        for prefix in IDX_SPLITS.values()
+        for kind in ("images-idx3", "labels-idx1")
+    )
+
+
+def idx(
+    name: str, directory: str, train_split: str, eval_split: str
+) -> tuple[ArraySource, ArraySource, SourceInfo]:
+    """Train and eval sources of an idx dataset (the official train/test split, in the files' order)."""
+    for split, what in ((train_split, "train_split"), (eval_split, "eval_split")):
+        if split not in IDX_SPLITS:
+            raise ConfigError(
+                f"config.data.{what}: {split!r} is not a split of {name} (idx files); "
+                f"allowed: {', '.join(IDX_SPLITS)}"
+            )
+    train, test = (ArraySource(*_idx_arrays(directory, s)) for s in (train_split, eval_split))
+    info = SourceInfo(
+        name=name,
+        num_classes=int(train.labels.max()) + 1,
+        image_shape=tuple(train.images.shape[1:]),
+        num_train=len(train),
+        num_eval=len(test),
+    )
+    return train, test, info
+
+
+def tfds_prepared(name: str, data_dir: str | None) -> bool:
+    """Whether TFDS has ``name`` prepared under ``data_dir`` (None: the TFDS default); never downloads."""
+    import tensorflow_datasets as tfds
+    from absl import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        return tfds.builder(name, data_dir=data_dir).is_prepared()
+    except Exception:  # noqa: BLE001 - a damaged or foreign directory counts as "not prepared"
+        return False
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def idx_or_tfds(name: str, data: Any) -> tuple[Sequence, Sequence, SourceInfo]:
+    """``name`` from a prepared TFDS copy under ``data.tfds_data_dir`` when set, else from its idx files.
+
+    Neither present: one line saying both ways to get it, before anything compiles.
+    """
+    directory = data.idx_dir or IDX_DIRS[name]
+    args = (data.train_split, data.eval_split)
+    if data.tfds_data_dir and tfds_prepared(name, data.tfds_data_dir):
+        return tfds(name, data.tfds_data_dir, False, *args, data.image_key, data.label_key)
+    if idx_files_present(directory):
+        return idx(name, directory, *args)
+    if not data.tfds_data_dir and tfds_prepared(name, None):
+        return tfds(name, None, False, *args, data.image_key, data.label_key)
+    if data.download:
+        return tfds(name, data.tfds_data_dir or None, True, *args, data.image_key, data.label_key)
+    raise ConfigError(
+        f"config.data.name: {name} not found: no idx files in {directory} (config.data.idx_dir) and no "
+        f"prepared TFDS {name} under {data.tfds_data_dir or '~/tensorflow_datasets'} "
+        f"(config.data.tfds_data_dir); get it with `apt-get install dataset-fashion-mnist` (Debian) or "
+        f"`tfds build {name} --data_dir=DIR --file_format=array_record`"
+    )
+
+
 def _prepare_hint(name: str, data_dir: str | None) -> str:
     where = data_dir or "~/tensorflow_datasets (the TFDS default; set config.data.tfds_data_dir)"
     return (
@@ -170,15 +271,24 @@ def tfds(
                 f"config.data.{what}: {split!r} is not a split of {name}; allowed: "
                 f"{', '.join(builder.info.splits)}"
             )
-    try:
-        train = builder.as_data_source(split=train_split)
-        test = builder.as_data_source(split=eval_split)
-    except (NotImplementedError, ValueError) as e:
-        # Datasets stored as tfrecord need TensorFlow to read; say how to fix it in one line.
-        raise ConfigError(
-            f"config.data.name: TFDS dataset {name!r} cannot be read without TensorFlow ({e}); "
-            f"rebuild it with --file_format=array_record"
-        ) from None
+    opened = {}
+    for split, what in ((train_split, "train_split"), (eval_split, "eval_split")):
+        try:
+            opened[what] = builder.as_data_source(split=split)
+        except (NotImplementedError, ValueError) as e:
+            stored = builder.info.file_format
+            if isinstance(e, NotImplementedError) or stored is None:
+                # Stored as tfrecord (TFDS's default), which needs TensorFlow to read.
+                raise ConfigError(
+                    f"config.data.name: TFDS dataset {name!r} in {builder.data_dir} is stored as "
+                    f"{stored.value if stored else 'tfrecord'}, which cannot be read without "
+                    f"TensorFlow; rebuild it with `tfds build {name} --data_dir=DIR "
+                    f"--file_format=array_record`"
+                ) from None
+            # A slice TFDS rejects (e.g. train[:abc], or past the end of the split).
+            reason = " ".join(str(e).split())
+            raise ConfigError(f"config.data.{what}: {split!r}: {reason}") from None
+    train, test = opened["train_split"], opened["eval_split"]
     shape = features[image_key].shape
     info = SourceInfo(
         name=name,

@@ -42,6 +42,7 @@ from experiments import (
     validate,
 )
 from experiments.errors import ConfigError, config_section
+from kernels_pallas import compressed_training
 
 
 class _Preemption:
@@ -103,6 +104,8 @@ def _train_and_evaluate(
         algo = sj.from_config(config.sparsity, num_steps=num_steps)
     pipeline = data.build(config)
     model = models.build(config.model, pipeline.info.num_classes)
+    with config_section("sparsity."):  # e.g. the compressed form for compressed block layers
+        algo = models.sparse_algorithm(model, config, pipeline.image_shape) or algo
     inner, lr_fn = optim.build(config.optimizer, num_steps)
     tx = sj.sparsify(inner, algo, track_metrics=True)
     # Masks are created here, so an N:M shape error surfaces before the train step compiles.
@@ -118,7 +121,8 @@ def _train_and_evaluate(
         pipeline.mean,
         pipeline.std,
         config.optimizer.label_smoothing,
-        assume_masked=algo.hard,  # params start masked (init_state) and stay so
+        # params start masked (init_state) and stay so; an algorithm's own forward hook still runs
+        assume_masked=algo.hard and algo.forward is sj.masked_forward,
     )
     state, train_step, eval_step = multihost.wire(config, state, train_step, eval_step)
 
@@ -144,13 +148,23 @@ def _train_and_evaluate(
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     log = metrics_log.MetricsLog(workdir, config, start, enabled=lead)
 
+    # Compressed block layers: snapshots, sparsity and mask metrics describe the masked-dense
+    # equivalent network, so such runs read (and plot) like masked-dense ones.
+    compressed = compressed_training.compressed_state(state["opt_state"]) is not None
+    as_masked_dense = jax.jit(compressed_training.masked_dense)
+
+    def params_and_masks() -> tuple[Any, Any]:
+        if compressed:
+            return as_masked_dense(state["params"], state["opt_state"])
+        return state["params"], sj.masks_of(state["opt_state"])
+
     def snapshot_masks(step: int) -> None:
-        masks = multihost.to_host(sj.masks_of(state["opt_state"]))  # a collective: every process
+        masks = multihost.to_host(params_and_masks()[1])  # a collective: every process
         if lead:
             sj.save_masks(os.path.join(workdir, "masks", f"step_{step:07d}.npz"), masks, step=step)
 
     def sparsity() -> tuple[float, dict[str, float]]:
-        return metrics_log.network_sparsity(state["params"], sj.masks_of(state["opt_state"]))
+        return metrics_log.network_sparsity(*params_and_masks())
 
     def run_eval(step: int) -> dict[str, float]:
         t = time.perf_counter()
@@ -161,7 +175,10 @@ def _train_and_evaluate(
             log.write(row)
         return result
 
-    mask_stats = jax.jit(lambda opt_state: sj.sparse_state(opt_state).stats)
+    if compressed:  # SAD and ITOP in elements of the dense-equivalent kernels
+        mask_stats, itop = jax.jit(compressed_training.stats), compressed_training.itop
+    else:
+        mask_stats, itop = jax.jit(lambda o: sj.sparse_state(o).stats), sj.metrics.itop
 
     def log_train(step: int, window: list, elapsed: float, mask_update: bool) -> dict[str, float]:
         """Write the train row for update ``step`` (0-based) averaging ``window``; returns the means."""
@@ -176,7 +193,7 @@ def _train_and_evaluate(
             row["first_step_s"] = first_step_s
         if mask_update or algo.refresh_masks is not None:  # the STE family's masks move every step
             row.update(jax.device_get(mask_stats(state["opt_state"])))
-            row["itop"] = float(sj.metrics.itop(state["opt_state"]))
+            row["itop"] = float(itop(state["opt_state"]))
         if mask_update:
             snapshot_masks(step + 1)
         log.write(row, per_leaf)

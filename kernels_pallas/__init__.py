@@ -5,6 +5,8 @@ from kernels_pallas import BlockSparseMatrix, from_dense, block_sparse_matmul, B
 w = from_dense(kernel, block_mask)          # (K, N) dense + (K/bk, N/bn) bool mask
 y = block_sparse_matmul(x, w)               # y = x @ W, differentiable (custom VJP)
 ```
+Compressed training (params = stored blocks, topology in the sparse-training state):
+``CompressedBlockDense`` + ``compressed_algorithm(sj.rigl, dense_like, ...)``.
 """
 
 from kernels_pallas.blocks import (
@@ -16,6 +18,14 @@ from kernels_pallas.blocks import (
     expand_block_mask,
     top_block_positions,
     topk_block_mask,
+)
+from kernels_pallas.compressed import CompressedBlockDense, CompressedWeight, compressed_matmul
+from kernels_pallas.compressed_training import (
+    CompressedState,
+    compressed_algorithm,
+    compressed_state,
+    from_masked_dense,
+    masked_dense,
 )
 from kernels_pallas.format import (
     BlockSparseMatrix,
@@ -32,6 +42,9 @@ from kernels_pallas.ops import block_sparse_matmul
 
 __all__ = [
     "BlockSparseDense",
+    "CompressedBlockDense",
+    "CompressedState",
+    "CompressedWeight",
     "BlockSparseMatrix",
     "CscView",
     "as_block_shape",
@@ -40,11 +53,16 @@ __all__ = [
     "block_mask_of",
     "block_norms",
     "block_sparse_matmul",
+    "compressed_algorithm",
+    "compressed_matmul",
+    "compressed_state",
     "csc_view",
     "drop_grow_blocks",
     "expand_block_mask",
     "from_dense",
+    "from_masked_dense",
     "from_positions",
+    "masked_dense",
     "masked_kernel_matmul",
     "nnz_for_density",
     "positions_from_block_mask",

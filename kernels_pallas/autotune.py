@@ -3,7 +3,8 @@
 ``tune`` times every candidate for the forward, dX and dW products of one problem (shape, block shape,
 block count, dtype) and stores the winners under a key that also names the device kind; ``lookup`` is
 what ``impl="auto"`` consults at trace time. Candidates: on GPU the Triton kernel's row tile, num_warps
-and num_stages; on TPU the row tile; everywhere the XLA path's chunk size and batch, and dense.
+and num_stages, and for 16-bit dtypes the Mosaic GPU kernel's row tile; on TPU the row tile;
+everywhere the XLA path's chunk size and batch, and dense.
 
 Run it from the command line, e.g.
 ``python -m kernels_pallas.autotune --m 2048 --k 2048 --n 2048 --block 128 --density 0.1``.
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels_pallas import dispatch, ops
+from kernels_pallas import dispatch, gpu_mosaic, ops
 from kernels_pallas.autotune_cache import (  # noqa: F401  (re-exported: the cache API)
     ENV_VAR,
     _load,
@@ -59,8 +60,8 @@ def random_problem(m: int, shape, block_shape, nnz: int, dtype: Any, seed: int =
     return x, dy, w
 
 
-def _candidates(platform: str, m: int) -> list[tuple[str, dict]]:
-    """(impl, knobs) pairs to time on ``platform``."""
+def _candidates(platform: str, m: int, dtype: Any = jnp.float32) -> list[tuple[str, dict]]:
+    """(impl, knobs) pairs to time on ``platform`` (Mosaic GPU only for its 16-bit dtypes)."""
     cands: list[tuple[str, dict]] = [("dense", {})]
     for chunk, batch in ((8, 2), (8, 1), (2, 2)):
         cands.append(("xla", {"max_chunk": chunk, "batch": batch}))
@@ -68,6 +69,9 @@ def _candidates(platform: str, m: int) -> list[tuple[str, dict]]:
     if platform == "gpu":
         for tm, warps, stages in itertools.product(tms, (4, 8), (2, 3, 4)):
             cands.append(("pallas_gpu", {"tm": tm, "num_warps": warps, "num_stages": stages}))
+        if jnp.dtype(dtype).name in gpu_mosaic.DTYPES:
+            for tm in (64, 128):
+                cands.append(("pallas_mosaic_gpu", {"tm": tm}))
     elif platform == "tpu":
         for tm in [t for t in (128, 256, 512) if t <= max(m, 128)]:
             cands.append(("pallas_tpu", {"tm": tm}))
@@ -90,7 +94,7 @@ def tune(
     x, dy, w = random_problem(m, shape, block_shape, nnz, dtype, seed)
     platform = dispatch.platform()
     results: dict[str, dict[str, float]] = {}
-    for impl, knobs in _candidates(platform, m):
+    for impl, knobs in _candidates(platform, m, dtype):
         plan = dispatch.Plan(
             impl,
             impl,

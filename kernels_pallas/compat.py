@@ -24,6 +24,8 @@ TRITON_CUSTOM_CALL_TARGETS = (
     "triton_kernel_call",
 )
 TPU_CUSTOM_CALL_TARGET = "tpu_custom_call"
+# Custom-call targets of the Mosaic GPU lowering (``mosaic_gpu_v2`` on jax 0.10).
+MOSAIC_GPU_CUSTOM_CALL_TARGETS = ("mosaic_gpu_v2", "mosaic_gpu")
 
 _BLOCKSPEC_SHAPE_FIRST = next(iter(inspect.signature(pl.BlockSpec).parameters)) == "block_shape"
 
@@ -79,3 +81,23 @@ def is_tpu_interpret_params(interpret: Any) -> bool:
     """Whether ``interpret`` is a TPU interpreter config (not a plain bool)."""
     cls = interpret_params_class()
     return cls is not None and isinstance(interpret, cls)
+
+
+def mosaic_gpu() -> Any:
+    """``jax.experimental.pallas.mosaic_gpu`` (imported on first use: older releases lack it)."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    return plgpu
+
+
+def mosaic_gpu_interpret_params() -> Any:
+    """The Mosaic GPU interpreter's params (runs the kernels on CPU), or None where absent.
+
+    Not public API on jax 0.10 (``jax._src.pallas.mosaic_gpu.interpret.params``): kept here so a
+    move is one line.
+    """
+    try:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+    except ImportError:  # pragma: no cover - depends on the installed release
+        return None
+    return InterpretGPUParams()

@@ -1,9 +1,10 @@
 """Static choice of the implementation for each of the three products (forward, dX, dW).
 
-``impl="auto"`` picks, per product: an autotuned entry if the cache has one for this exact problem;
-else dense when the block density is too high for sparsity to pay (a cost model calibrated on the
-measured crossover); else the Pallas kernel on TPU/GPU when the block shapes suit it and it compiles
-(probed once per problem; a failure logs one line and falls back); else the XLA path.
+``impl="auto"`` picks, per product: an autotuned entry if the cache has one for this exact problem
+(``use_cache=False`` skips it); else, on CPU, the XLA path or the dense fallback, whichever the cost
+model of ``cpu_cost`` (fitted to and checked against interleaved measurements on the CPU) says is
+faster; on TPU/GPU, the Pallas kernel up to 50% block density when the block shapes suit it and it
+compiles (probed once per problem; a failure logs one line and falls back to XLA), else dense.
 An explicit ``impl`` is obeyed and its errors propagate.
 """
 
@@ -17,27 +18,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas import autotune_cache, gpu, tpu
+from kernels_pallas import autotune_cache, compat, cpu_cost, gpu, gpu_mosaic, tpu
 from kernels_pallas.xla_path import XlaConfig
 
 log = logging.getLogger("kernels_pallas")
 
 IMPLS = ("auto", "xla", "pallas", "dense")
+# Pallas kernel families: Mosaic TPU, Triton GPU, Mosaic GPU (Hopper WGMMA, 16-bit, opt-in).
+BACKENDS = ("tpu", "gpu", "mosaic_gpu")
 
-# CPU cost model of the XLA path against jnp.dot, fitted to a sweep on the 2-core Xeon of
-# docs/kernels.md (M in {128, 512, 2048}, K = N = 2048, blocks 32/64/128, densities 5-50%).
-# One stored block costs STEP_S plus, per row of x, a GEMM part (2 bk bn flops at SMALL_GEMM_FLOPS)
-# and a memory part (panel slice and output update; strided rows of short blocks are slow), inflated
-# when blocks per panel r is small (chunks are then narrow): (1 + CHUNK_R / r).
-_STEP_S = 5e-6
-_SMALL_GEMM_FLOPS = 140e9
-_MEM_S_PER_ELEM_32 = 2.7e-9  # per row per block column at b = 32, scaling as (32 / b) ** 1.5
-_CHUNK_R = 0.8
-_FIXED_S_PER_OUT = 0.5e-9  # zero-init and write of the (M, N) f32 accumulator
-_DENSE_FLOPS = {128: 165e9}  # jnp.dot rate for small M (rows); 200e9 otherwise
-_SDD_FACTOR = {16: 0.65, 32: 0.65, 64: 1.35}  # dW loop vs grouped loop; 1.1 for larger blocks
-# Sparse must be modeled >= 15% faster than dense: keeps auto within 10% of dense near the crossover.
-MARGIN = 0.85
 # Pallas on accelerators: not timed on hardware here, so stay conservative until autotuned.
 _ACCEL_MAX_DENSITY = 0.5
 
@@ -46,7 +35,7 @@ _ACCEL_MAX_DENSITY = 0.5
 class Plan:
     """Static per-call choices (hashable: it is a nondiff argument of the custom VJP)."""
 
-    fwd: str  # one of "xla", "dense", "pallas_tpu", "pallas_gpu"
+    fwd: str  # one of "xla", "dense", "pallas_tpu", "pallas_gpu", "pallas_mosaic_gpu"
     dx: str
     dw: str
     interpret: Any = False
@@ -65,14 +54,17 @@ def platform() -> str:
 def pallas_family(backend: str | None) -> str:
     """Which kernel family to build: explicit ``backend`` or the platform's (TPU kernels on CPU)."""
     if backend is not None:
-        if backend not in ("tpu", "gpu"):
-            raise ValueError(f"backend must be 'tpu' or 'gpu', got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         return backend
     return "gpu" if platform() == "gpu" else "tpu"
 
 
 def default_tm(family: str, m: int, dtype: Any) -> int:
-    """Row tile: 128 (rounded down for small M, to a power of two on GPU, a sublane multiple on TPU)."""
+    """Row tile: 128 (rounded down for small M, to a power of two on GPU, a sublane multiple on TPU;
+    one warpgroup's 64 rows for Mosaic GPU)."""
+    if family == "mosaic_gpu":
+        return gpu_mosaic.TM
     if family == "gpu":
         return max(16, min(128, 1 << max(m - 1, 1).bit_length()))
     sub = tpu.sublane(dtype)
@@ -83,28 +75,10 @@ def check_shapes(family: str, block_shape: tuple[int, int], tm: int, dtype: Any)
     """Raise a clear ValueError if the Pallas kernel of ``family`` cannot take these tiles."""
     if family == "gpu":
         gpu.check_gpu_shapes(block_shape, tm)
+    elif family == "mosaic_gpu":
+        gpu_mosaic.check_mosaic_gpu_shapes(block_shape, tm, dtype)
     else:
         tpu.check_tpu_shapes(block_shape, tm, dtype)
-
-
-def cpu_model_seconds(
-    m: int, k: int, n: int, block_shape: tuple[int, int], nnz: int, sdd: bool = False
-) -> tuple[float, float]:
-    """(modeled XLA-path seconds, modeled jnp.dot seconds) of one product on the CPU."""
-    bk, bn = block_shape
-    b = (bk + bn) / 2
-    per_row = 2.0 * bk * bn / _SMALL_GEMM_FLOPS + _MEM_S_PER_ELEM_32 * (32 / b) ** 1.5 * b
-    blocks_per_panel = nnz / max(k // bk, 1)
-    per_row *= 1.0 + _CHUNK_R / max(blocks_per_panel, 1e-3)
-    factor = _SDD_FACTOR.get(min(bk, bn), 1.1) if sdd else 1.0
-    sparse = nnz * (_STEP_S + m * per_row) * factor + m * n * _FIXED_S_PER_OUT + 2e-4
-    dense = 2.0 * m * k * n / _DENSE_FLOPS.get(128 if m < 256 else 0, 200e9) + 1e-5
-    return sparse, dense
-
-
-def _cpu_prefers_sparse(m: int, k: int, n: int, block_shape, nnz: int, sdd: bool) -> bool:
-    sparse, dense = cpu_model_seconds(m, k, n, block_shape, nnz, sdd)
-    return sparse < MARGIN * dense
 
 
 def _auto_choice(op: str, m: int, k: int, n: int, block_shape, nnz: int, family: str) -> str:
@@ -113,9 +87,7 @@ def _auto_choice(op: str, m: int, k: int, n: int, block_shape, nnz: int, family:
     where = platform()
     if where in ("tpu", "gpu"):
         return f"pallas_{family}" if density <= _ACCEL_MAX_DENSITY else "dense"
-    if op == "dx":  # dY (m, N) @ W^T: panels are W's block columns
-        k, n, block_shape = n, k, block_shape[::-1]
-    return "xla" if _cpu_prefers_sparse(m, k, n, block_shape, nnz, op == "dw") else "dense"
+    return "xla" if cpu_cost.prefers_xla(op, m, (k, n), block_shape, nnz) else "dense"
 
 
 def make_plan(
@@ -130,11 +102,12 @@ def make_plan(
     backend: str | None = None,
     precision: Any = None,
     probe: Callable[[Plan], bool] | None = None,
+    use_cache: bool = True,
 ) -> Plan:
     """Resolve ``impl`` into a ``Plan`` for an (m, K) @ (K, N) product with ``nnz`` stored blocks.
 
     ``probe(plan) -> bool`` compiles the Pallas plan (supplied by ``ops``); auto falls back to XLA when
-    it returns False.
+    it returns False. ``use_cache=False`` makes auto ignore the autotune cache (the model alone).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -143,6 +116,8 @@ def make_plan(
     on_cpu = platform() == "cpu"
     if interpret is None:
         interpret = on_cpu  # Pallas only runs interpreted on CPU
+    if family == "mosaic_gpu" and interpret is True:  # the generic interpreter lacks TMA and WGMMA
+        interpret = compat.mosaic_gpu_interpret_params()
     tm = default_tm(family, m, dtype)
     base = dict(interpret=interpret, tm=tm, precision=precision)
     if impl in ("xla", "dense"):
@@ -152,7 +127,7 @@ def make_plan(
             check_shapes(family, block_shape, tm, dtype)
         p = f"pallas_{family}"
         return Plan(p, p, p, **base)
-    tuned = autotune_cache.lookup(m, shape, block_shape, nnz, dtype)
+    tuned = autotune_cache.lookup(m, shape, block_shape, nnz, dtype) if use_cache else None
     if tuned is not None:
         return dataclasses.replace(
             Plan(tuned["fwd"], tuned["dx"], tuned["dw"], **base),

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas import dispatch, gpu, tpu, xla_path
+from kernels_pallas import dispatch, gpu, gpu_mosaic, tpu, xla_path
 from kernels_pallas.format import BlockSparseMatrix, blocked
 from kernels_pallas.schedule import grouped_schedule
 
@@ -70,6 +70,19 @@ def grouped_product(
     if impl == "pallas_tpu":
         sched = grouped_schedule(ptr, in_idx, data_idx)
         y = tpu.grouped_matmul(xp, data, sched, ptr.shape[0] - 1, **common)
+    elif impl == "pallas_mosaic_gpu":
+        # Untransposed blocks only (see gpu_mosaic): dX reads W^T's blocks, transposed once here.
+        blocks = data.transpose(0, 2, 1) if transpose else data
+        y = gpu_mosaic.grouped_matmul(
+            xp,
+            blocks,
+            ptr,
+            in_idx,
+            data_idx,
+            tm=plan.tm,
+            out_dtype=out_dtype,
+            interpret=plan.interpret,
+        )
     elif impl == "pallas_gpu":
         y = gpu.grouped_matmul(
             xp,
@@ -98,11 +111,33 @@ def weight_grad(
         flat = blocked(full, w.block_shape).reshape(kb * nb, *w.block_shape)
         return flat[rows * nb + cols].astype(dtype)
     if impl == "xla":
-        return xla_path.sdd(x, dy, w.indptr, cols, w.block_shape, out_dtype=dtype, config=plan.xla)
+        view = w.csc()
+        return xla_path.sdd(
+            x,
+            dy,
+            view.indptr,
+            view.indices,
+            view.perm,
+            w.block_shape,
+            out_dtype=dtype,
+            config=plan.xla,
+        )
     xp, dyp = _pad_rows(x, plan.tm), _pad_rows(dy.astype(x.dtype), plan.tm)
     common = dict(tm=plan.tm, out_dtype=dtype, interpret=plan.interpret, precision=plan.precision)
     if impl == "pallas_tpu":
         return tpu.sdd(xp, dyp, rows, cols, w.block_shape, **common)
+    if impl == "pallas_mosaic_gpu":
+        xt = xp.T  # the kernel reads x^T's row panels untransposed
+        return gpu_mosaic.sdd(
+            xt,
+            dyp,
+            rows,
+            cols,
+            w.block_shape,
+            tm=plan.tm,
+            out_dtype=dtype,
+            interpret=plan.interpret,
+        )
     if impl == "pallas_gpu":
         return gpu.sdd(
             xp,

@@ -28,10 +28,12 @@ Array = jax.Array
 
 class MaskUpdate(NamedTuple):
     """What an algorithm's mask update returns: the new masks and the positions grown in this update
-    (just-dropped weights that are regrown included), whose values and optimizer state are zeroed."""
+    (just-dropped weights that are regrown included), whose values and optimizer state are zeroed;
+    ``algo_state``: the algorithm's new state, for ``topology_in_state`` algorithms (None: unchanged)."""
 
     masks: PyTree
     grown: PyTree
+    algo_state: Any = None
 
 
 @jax.tree_util.register_static
@@ -78,6 +80,10 @@ class SparseAlgorithm:
       update_state: ``(algo_state, algo_grads, new_params, masks, step) -> algo_state``, every step
         after the optimizer update (``step`` counts the updates done, this one included).
       grad_transform: ``(grads, params, masks) -> grads`` applied before the optimizer (SR-STE).
+      topology_in_state: the topology lives in the algorithm's state (compressed block-sparse
+        training keeps block positions there): ``init_masks`` returns ``(masks, algo_state)``
+        (``init_state`` is unused) and ``update_masks`` also receives ``algo_state=`` and
+        ``algo_grads=`` keywords and returns ``MaskUpdate(masks, grown, algo_state)``.
       seed: default PRNG seed for mask initialisation.
     """
 
@@ -91,6 +97,7 @@ class SparseAlgorithm:
     init_state: Callable[..., Any] | None = None
     update_state: Callable[..., Any] | None = None
     grad_transform: Callable[[PyTree, PyTree, PyTree], PyTree] | None = None
+    topology_in_state: bool = False
     seed: int = 0
 
     # The algorithm alone, as an optax transform (identity inner optimizer) plus its forward hook.
@@ -106,6 +113,8 @@ class SparseAlgorithm:
 def _with_param_sharding(mask: Array, param: Any) -> Array:
     sharding = getattr(param, "sharding", None)
     if isinstance(mask, jax.core.Tracer) or sharding is None or isinstance(param, jax.core.Tracer):
+        return mask
+    if not getattr(param, "committed", True):  # jit keys its cache on commitment: keep the param's
         return mask
     return jax.device_put(mask, sharding)
 
@@ -135,19 +144,24 @@ def sparsify(
       The wrapped optimizer; its state is a :class:`SparseState`.
     """
     inner = optax.with_extra_args_support(inner)
-    base_key = jax.random.PRNGKey(algo.seed) if key is None else key
     refreshes = algo.refresh_masks is not None
 
     def init_fn(params: PyTree) -> SparseState:
+        # Made here, not when sparsify is called: a transform built inside a jit trace (e.g. an
+        # nnx.Optimizer set up under nnx.jit) then holds no tracer for a later init.
+        base_key = jax.random.PRNGKey(algo.seed) if key is None else key
         masks = algo.init_masks(params, jax.random.fold_in(base_key, 0))
+        masks, algo_state = masks if algo.topology_in_state else (masks, None)
         masks = mk.map_sparse(_with_param_sharding, masks, params)
-        init_state = algo.init_state or (lambda *_: ())
+        if not algo.topology_in_state:
+            init_state = algo.init_state or (lambda *_: ())
+            algo_state = init_state(params, masks, jax.random.fold_in(base_key, 1))
         return SparseState(
             inner=inner.init(params),
             masks=masks,
             step=jnp.zeros((), jnp.int32),
             key=jnp.array(base_key, copy=True),
-            algo_state=init_state(params, masks, jax.random.fold_in(base_key, 1)),
+            algo_state=algo_state,
             metrics=tracking.init(masks, refreshes) if track_metrics else (),
             forward=Hook(algo.forward),
         )
@@ -156,18 +170,26 @@ def sparsify(
         if params is None:
             raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
         step, masks, metrics, inner_state = state.step, state.masks, state.metrics, state.inner
-        live = masks
+        live, algo_state = masks, state.algo_state
         if algo.update_masks is not None:
             key = jax.random.fold_in(state.key, step + 1)
+            # Only algorithms keeping their topology in their state route that state through the cond.
+            own = algo.topology_in_state
 
             def changed():
-                new, grown = algo.update_masks(masks, params, grads, step, key)
+                state_args = dict(algo_state=algo_state, algo_grads=algo_grads) if own else {}
+                upd = algo.update_masks(masks, params, grads, step, key, **state_args)
+                new, grown = upd.masks, upd.grown
                 tracked = tracking.after_update(metrics, masks, new, grown) if track_metrics else ()
                 # Grown weights get no gradient this step either, so they are exactly 0 after it.
-                return new, mk.difference(new, grown), tracked
+                moved = (algo_state if upd.algo_state is None else upd.algo_state,) if own else ()
+                return new, mk.difference(new, grown), tracked, moved
 
             cond = jnp.asarray(algo.is_update_step(step))
-            masks, live, metrics = jax.lax.cond(cond, changed, lambda: (masks, masks, metrics))
+            unchanged = (masks, masks, metrics, (algo_state,) if own else ())
+            masks, live, metrics, moved = jax.lax.cond(cond, changed, lambda: unchanged)
+            if own:
+                (algo_state,) = moved
             if algo.hard:
                 # Optimizer state lives on live weights only: zero elsewhere resets the grown ones
                 # and changes no weight (outside ``live`` the updates are masked anyway).
@@ -181,7 +203,7 @@ def sparsify(
         updates, inner_state = inner.update(grads, inner_state, params, **extra)
         if algo.hard:
             updates = mk.map_params(lambda m, u, p: jnp.where(m, u, -p), live, updates, params)
-        new_step, algo_state = step + 1, state.algo_state
+        new_step = step + 1
         if algo.update_state is not None or refreshes:
             new_params = optax.apply_updates(params, updates)
             if algo.update_state is not None:

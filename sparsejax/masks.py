@@ -92,6 +92,11 @@ def unit_count(shape: tuple[int, ...], block: Block) -> int:
     return int(np.prod(shape[:-2])) * (shape[-2] // block[0]) * (shape[-1] // block[1])
 
 
+def active_units(shape: tuple[int, ...], sparsity: float, block: Block = None) -> int:
+    """Exact number of active units of a leaf at ``sparsity``: ``round((1 - s) * units)``."""
+    return int(round((1.0 - sparsity) * unit_count(shape, block)))
+
+
 # ----------------------------------------------------------------------------- creation
 def random_mask(key: Array, shape: tuple[int, ...], k: int | Array, block: Block = None) -> Array:
     """Exactly ``k`` active units chosen uniformly at random."""
@@ -181,7 +186,7 @@ def create_masks(
             out.append(DENSE)
             continue
         check_block(name, w.shape, block)
-        k = int(round((1.0 - sparsities[name]) * unit_count(w.shape, block)))
+        k = active_units(w.shape, sparsities[name], block)
         sub = jax.random.fold_in(key, i)
         if k == unit_count(w.shape, block):
             out.append(jnp.ones(w.shape, bool))

@@ -143,6 +143,13 @@ def from_config(config: Any, num_steps: int | None = None) -> SparseAlgorithm:
     ``num_steps`` fills a ``num_steps`` argument (defaults relative to training length). A bad value
     raises ``ValueError`` with one line naming the key and the allowed values.
     """
+    ctor, kwargs = resolve(config, num_steps)
+    return ctor(**kwargs)
+
+
+def resolve(config: Any, num_steps: int | None = None) -> tuple[Constructor, dict[str, Any]]:
+    """``(constructor, kwargs)`` that :func:`from_config` calls, for tools that build a variant of
+    the configured algorithm (e.g. ``kernels_pallas.compressed_algorithm``); same checks."""
     given = dict(config.to_dict() if hasattr(config, "to_dict") else config)
     name = given.pop("algorithm", "dense")
     if name not in ALGORITHMS:
@@ -164,4 +171,4 @@ def from_config(config: Any, num_steps: int | None = None) -> SparseAlgorithm:
         if key.endswith(("_step", "_steps", "_every")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{key}={value!r}: allowed integers >= 0")
-    return ctor(**kwargs)
+    return ctor, kwargs

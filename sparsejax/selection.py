@@ -24,8 +24,14 @@ def _key_name(entry: Any) -> str:
     return str(entry)
 
 
+_BOX = jax.tree_util.GetAttrKey("value")  # a boxed leaf: Flax NNX Variable, linen Partitioned
+
+
 def path_str(path: tuple) -> str:
-    """``/``-joined name of a key path from ``jax.tree_util.tree_flatten_with_path``."""
+    """``/``-joined name of a key path from ``jax.tree_util.tree_flatten_with_path``; a boxed leaf
+    (a trailing ``.value``: NNX ``Variable``, linen ``Partitioned``) is named by its box."""
+    if path and path[-1] == _BOX:
+        path = path[:-1]
     return "/".join(_key_name(e) for e in path)
 
 

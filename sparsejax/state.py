@@ -78,18 +78,29 @@ def value_and_grad(
     """
 
     def wrapped(params: PyTree, opt_state: Any, *args: Any):
-        own = sparse_state(opt_state).algo_state
-        floats = jax.tree.map(lambda x: x if _floating(x) else None, own)
-        rest = jax.tree.map(lambda x: None if _floating(x) else x, own)
+        floats, with_floats = split_algo_state(opt_state)
 
         def loss(p, fl):
-            merged = jax.tree.map(lambda a, b: b if a is None else a, fl, rest, is_leaf=_none)
-            swap = lambda s: s._replace(algo_state=merged) if _is_state(s) else s  # noqa: E731
-            return loss_fn(p, jax.tree.map(swap, opt_state, is_leaf=_is_state), *args)
+            return loss_fn(p, with_floats(fl), *args)
 
         return jax.value_and_grad(loss, argnums=(0, 1), has_aux=has_aux)(params, floats)
 
     return wrapped
+
+
+def split_algo_state(opt_state: Any) -> tuple[PyTree, Callable[[PyTree], Any]]:
+    """The float leaves of the algorithm state (None elsewhere), what :func:`value_and_grad`
+    differentiates by, and ``floats -> opt_state`` with them put back in place."""
+    own = sparse_state(opt_state).algo_state
+    floats = jax.tree.map(lambda x: x if _floating(x) else None, own)
+    rest = jax.tree.map(lambda x: None if _floating(x) else x, own)
+
+    def with_floats(fl: PyTree) -> Any:
+        merged = jax.tree.map(lambda a, b: b if a is None else a, fl, rest, is_leaf=_none)
+        swap = lambda s: s._replace(algo_state=merged) if _is_state(s) else s  # noqa: E731
+        return jax.tree.map(swap, opt_state, is_leaf=_is_state)
+
+    return floats, with_floats
 
 
 def _none(x: Any) -> bool:

@@ -32,10 +32,11 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
-_SIGN = jnp.uint32(0x80000000)
+_SIGN = np.uint32(0x80000000)  # numpy: importing sparsejax must not start a JAX backend
 
 
 def _bits(x: Array, salt: Array | int) -> Array:

@@ -1,6 +1,7 @@
-"""configs/block_rigl_mlp.py end to end: a block-sparse MLP trained by block RigL through experiments.train.
+"""configs/block_rigl_{mlp,vit}.py end to end: block-sparse models trained by block RigL through
+experiments.train, masked-dense and compressed.
 
-The run goes through ``train.train_and_evaluate`` (what the CLI calls after validation) on the real
+The runs go through ``train.train_and_evaluate`` (what the CLI calls after validation) on the real
 mnist5k digits, with the XLA block-sparse path forced so the sparse kernels, not the dense fallback that
 ``impl=auto`` picks for tiny CPU shapes, compute every step.
 """
@@ -8,11 +9,15 @@ mnist5k digits, with the XLA block-sparse path forced so the sparse kernels, not
 import glob
 import json
 import os
+import shutil
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import sparsejax as sj
-from configs import block_rigl_mlp
+from configs import block_rigl_mlp, block_rigl_vit
 from experiments import train, validate
 from experiments.errors import ConfigError
 
@@ -48,6 +53,7 @@ def _blocks(mask):
 @pytest.mark.xdist_group("experiments_block")
 def test_block_rigl_mlp_trains_through_experiments(tmp_path):
     config = _small_config()
+    config.model.compressed = False  # the masked-dense form (compressed: further below)
     validate.check(config, str(tmp_path))
     result = train.train_and_evaluate(config, str(tmp_path))
     print(f"block RigL MLP: held-out accuracy {result['eval_accuracy']:.4f}")
@@ -112,8 +118,94 @@ def test_masks_that_disagree_with_the_layers_stop_the_run(tmp_path):
     config = _small_config()
     config.sparsity.overrides = {"block_1": 0.5}
     validate.check(config)
+    config.model.compressed = False
     with pytest.raises(
         ConfigError, match="layer block_1 computes 6 of 64 blocks but its mask keeps 32"
     ):
         train.train_and_evaluate(config, str(tmp_path))
+    config.model.compressed = True
+    with pytest.raises(
+        ConfigError,
+        match=r"^sparsity.sparsity=0.5 keeps 32 of the 64 blocks of leaf block_1/kernel",
+    ):
+        train.train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "metrics.jsonl"))
+
+
+def _final_state(workdir):
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"), item_names=("state", "data")
+    )
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore())
+    restored = manager.restore(manager.latest_step(), args=args)
+    manager.close()
+    return jax.tree_util.tree_flatten_with_path(restored["state"])[0], restored["data"]
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in ("step_time_s", "first_step_s")}
+            for line in f
+        ]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("experiments_block")
+def test_compressed_block_rigl_mlp_trains_and_resumes_bit_exactly(tmp_path):
+    """Compressed layers through experiments.train: masked-dense-equivalent snapshots and metrics,
+    and a run resumed from a checkpoint (topology included) ends bit-identical to an uninterrupted one."""
+    config = _small_config()
+    config.model.compressed = True
+    config.num_steps = 60
+    config.sparsity.update_every = 10  # updates at t = 0, 10, ..., 40 (end_step: 75%)
+    config.checkpoint_every = 20
+    config.keep_checkpoints = 3
+    config.log_every = 10  # train rows average whole windows on both sides of the resume at 40
+    validate.check(config, str(tmp_path))
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    result = train.train_and_evaluate(config, full)
+    assert result["step"] == 60 and result["eval_accuracy"] > 0.7, result
+    snapshots = sorted(glob.glob(os.path.join(full, "masks", "*.npz")))
+    loaded = [sj.load_masks(p) for p in snapshots]
+    assert [s["step"] for s in loaded] == [0, 1, 11, 21, 31, 41, 60]
+    for snapshot in loaded:  # the masks of the masked-dense equivalent network
+        assert set(snapshot["masks"]) == set(LAYERS)
+        for name, (k, n) in LAYERS.items():
+            target = round(0.1 * (k // BLOCK) * (n // BLOCK))
+            assert _blocks(snapshot["masks"][name]).sum() == target
+    updates = [r for r in _rows(full) if "grown" in r]
+    assert len(updates) == 5 and sum(r["grown"] for r in updates) > 0
+    assert all(r["sad"] <= r["dropped"] + r["grown"] and 0 < r["itop"] <= 1 for r in updates)
+
+    # Resume: the same run with its last checkpoint (step 60) and summary gone resumes from step 40.
+    shutil.copytree(full, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "60"))
+    os.remove(os.path.join(resumed, "summary.json"))
+    assert train.train_and_evaluate(config, resumed)["step"] == 60
+    (flat_a, data_a), (flat_b, data_b) = _final_state(full), _final_state(resumed)
+    assert data_a == data_b and [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, a), (_, b) in zip(flat_a, flat_b):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    assert _rows(resumed) == _rows(full)
+
+
+@pytest.mark.xdist_group("experiments_block")
+def test_block_rigl_vit_trains_compressed_and_checks_its_layers(tmp_path):
+    config = block_rigl_vit.get_config()
+    config.num_steps, config.batch_size = 6, 32
+    config.sparsity.update_every = 2
+    config.log_every, config.eval_every, config.checkpoint_every = 2, 0, 0
+    config.data.max_eval_examples = 64
+    validate.check(config, str(tmp_path))
+    result = train.train_and_evaluate(config, str(tmp_path))
+    assert result["step"] == 6 and np.isfinite(result["train_loss"])
+    masks = sj.load_masks(sorted(glob.glob(os.path.join(tmp_path, "masks", "*.npz")))[-1])["masks"]
+    names = {f"block{i}_mlp/{fc}/kernel" for i in range(2) for fc in ("fc1", "fc2")}
+    assert set(masks) == names  # attention, embedding and head stay dense
+    for name in names:  # 64 x 256 or 256 x 64: 64 blocks of 16 x 16, 10% kept
+        assert _blocks(masks[name]).sum() == round(0.1 * 64)
+    # Widths that the blocks do not tile are one line, before anything compiles.
+    config.model.mlp_dim = 100
+    with pytest.raises(ConfigError, match="config.model.mlp_dim=100: allowed positive multiples"):
+        validate.check(config)

@@ -71,3 +71,39 @@ def test_reproduce_quick(tmp_path):
     assert "| mlp | rigl |" in merged and "| cnn | rigl |" in merged and "cnn 1:8: " in merged
     assert "old report" not in merged and merged.endswith("## Notes\n\n- by hand\n")
     assert len(json.loads((tmp_path / "merged.json").read_text())["runs"]) == 2
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist")
+    and not os.environ.get("SPARSEJAX_REQUIRE_DATA"),
+    reason="apt-get install dataset-fashion-mnist",
+)
+def test_reproduce_quick_on_fashion_mnist(tmp_path):
+    cmd = [
+        sys.executable,
+        "benchmarks/reproduce.py",
+        "--quick",
+        "--data=fashion_mnist",
+        f"--out={tmp_path}",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "reproduce_fashion_mnist_quick.json").read_text())
+    meta = result["meta"]
+    assert (meta["data"], meta["n_train"], meta["mlp"]) == (
+        "fashion_mnist",
+        60000,
+        "MLP 784-1000-1000-1000-10",
+    )
+    assert len(result["records"]) == 11
+    for r in result["records"]:
+        assert 0.4 < r["accuracy"][0] < 0.95, (
+            r
+        )  # learns (chance: 0.1), and is not mnist (~0.97 is easy)
+    report = (tmp_path / "reproduce_fashion_mnist_quick.md").read_text()
+    assert report.count("60,000 train / 10,000 test") == 1 and "MLP 784-1000-1000-1000-10" in report
+    # The dense baseline sits next to the dataset's published MLP row.
+    assert (
+        "| **ours, dense MLP 784-1000-1000-1000-10** |" in report
+        and "| MLP 256-128-100 (published) |" in report
+    )

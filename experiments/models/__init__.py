@@ -5,7 +5,9 @@ Every model is a dataclass whose fields are its config keys (``config.model.<fie
 ``configs/base.py`` declares every model key as a placeholder; ``None`` means the model's own default.
 Adding a model is one new file plus one line in ``MODELS`` (plus placeholders for new keys in base.py).
 A model's module may also define ``check_config(config)`` (checks across config sections, run by
-``experiments.validate`` before any compile) and ``check_masks(model, masks)`` (run on the initial masks).
+``experiments.validate`` before any compile), ``check_masks(model, masks)`` (run on the initial masks)
+and ``sparse_algorithm(model, config, image_shape)`` (the run's algorithm, e.g. its compressed form;
+None keeps ``sj.from_config(config.sparsity)``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
+import sparsejax as sj
 from experiments.errors import ConfigError
-from experiments.models import block_mlp, lenet, mlp, resnet, transformer_lm, vit
+from experiments.models import block_mlp, block_vit, lenet, mlp, resnet, transformer_lm, vit
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": mlp.MLP,
@@ -30,6 +33,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "vit_tiny": vit.ViTTiny,
     "transformer_lm": transformer_lm.TransformerLM,
     "block_mlp": block_mlp.BlockMLP,
+    "block_vit": block_vit.BlockViT,
 }
 
 # Flax's own dataclass fields, never config keys (`name` is the registry key in the config).
@@ -78,6 +82,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Run the chosen model's ``check_config(config)`` (e.g. model vs sparsity settings), if any."""
     if (hook := _hook(MODELS[config.model.name], "check_config")) is not None:
         hook(config)
+
+
+def sparse_algorithm(
+    model: nn.Module, config: ml_collections.ConfigDict, image_shape: tuple[int, ...]
+) -> sj.SparseAlgorithm | None:
+    """The model's own form of the configured algorithm (``sparse_algorithm`` hook), or None."""
+    if (hook := _hook(type(model), "sparse_algorithm")) is not None:
+        return hook(model, config, image_shape)
+    return None
 
 
 def check_masks(model: nn.Module, masks: Any) -> None:

@@ -92,7 +92,7 @@ def maskllm(
     if end_step < 1:
         raise ValueError(f"end_step={end_step}: allowed integers >= 1")
     lay = Layout(sparsity=1.0 - n / m, **{**layout, "distribution": "uniform"})
-    cand = jnp.asarray(candidates(n, m))
+    cand = candidates(n, m)  # numpy: an algorithm built inside a jit trace holds no tracer
     tx = optax.adam(logit_lr)
 
     def groups(w):  # (..., L, ...) -> (*others, L / m, m)
@@ -109,7 +109,7 @@ def maskllm(
         return prior_scale * (groups(a / (jnp.mean(a) + 1e-12)) @ cand.T)
 
     def hard(logits):
-        return cand[jnp.argmax(logits, axis=-1)] > 0.5
+        return jnp.asarray(cand)[jnp.argmax(logits, axis=-1)] > 0.5
 
     def soft_masks(logits, key, t):  # per sparsified leaf (*others, groups, m), DENSE elsewhere
         tau = anneal(t, tau_start, tau_end, end_step)

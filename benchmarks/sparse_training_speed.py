@@ -1,0 +1,323 @@
+"""Sparse training that pays in wall-clock: dense vs block RigL on compressed layers, whole train steps.
+
+Two networks, each dense (``nn.Dense``, plain momentum SGD) and block-sparse at 90% and 50% of its
+128x128 blocks, trained by block RigL (``sparsify(momentum, rigl)``):
+
+- ``mlp``: 2048 -> 2048 -> 2048 -> 10, batch 256 (the two hidden layers block-sparse);
+- ``vit_mlp``: a ViT-S-like stack of MLP blocks (LayerNorm, 384 -> 1536 -> GELU -> 384, residual) on
+  8 x 196 tokens, mean-pooled into a dense head (every fc1/fc2 block-sparse).
+
+Block-sparse variants: ``compressed`` (``CompressedBlockDense``: params are the stored blocks, the
+topology lives in the sparse state, dense-gradient block norms on update steps only) and ``masked``
+(``BlockSparseDense`` with ``dense_weight_grad=True``: a dense kernel and a dense gradient every step).
+Every jitted step runs in this one process, variants interleaved round by round (the order rotating),
+medians of wall-clock and of process CPU time (which leaves out other processes on a shared machine):
+
+- speedup: dense step time / variant step time (a normal step, no mask update);
+- amortised: dense / ((99 normal + 1 mask-update step) / 100), ``update_every=100``;
+- limit: the FLOP ratio, dense / block-sparse matmul FLOPs of a step (forward, dX, dW).
+
+``--accuracy-seeds N`` also trains ``configs/block_rigl_mlp.py`` (mnist5k) compressed and masked-dense
+for N seeds each through ``experiments.train`` and reports the held-out accuracies.
+
+    python benchmarks/sparse_training_speed.py [--out benchmarks/results] [--rounds 7] [--steps 5]
+    python benchmarks/sparse_training_speed.py --smoke --out /tmp/speed   # tiny sizes (CI)
+
+Writes ``sparse_training_speed_<device>.{json,md}`` under ``--out``, naming the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import machine  # noqa: E402
+
+import kernels_pallas as kp  # noqa: E402
+import sparsejax as sj  # noqa: E402
+from experiments.models.block_mlp import BlockMLP, LayerSpec, block_layer  # noqa: E402
+
+UPDATE_EVERY = 100
+LR, MOMENTUM = 0.01, 0.9
+KINDS = ("compressed", "masked")
+SIZES = {  # block; mlp input, hidden, batch; vit dim, mlp dim, depth, batch, tokens
+    "full": dict(block=128, mlp=(2048, (2048, 2048), 256), vit=(384, 1536, 4, 8, 196)),
+    "smoke": dict(block=16, mlp=(64, (64, 64), 16), vit=(32, 64, 1, 2, 8)),
+}
+
+
+class MlpStack(nn.Module):
+    """``depth`` pre-LN MLP blocks on (batch, tokens, dim) inputs, mean pool, dense head; ``kind``:
+    dense, compressed or masked."""
+
+    depth: int
+    mlp_dim: int
+    kind: str
+    block_size: int = 128
+    density: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        spec = LayerSpec(self.block_size, self.density, "auto", True, self.kind == "compressed")
+
+        def fc(width: int, name: str) -> nn.Module:
+            return (
+                nn.Dense(width, name=name)
+                if self.kind == "dense"
+                else block_layer(spec, width, name)
+            )
+
+        for i in range(self.depth):
+            h = nn.gelu(fc(self.mlp_dim, f"fc1_{i}")(nn.LayerNorm(name=f"ln_{i}")(x)))
+            x = x + fc(x.shape[-1], f"fc2_{i}")(h)
+        return nn.Dense(10, name="head")(x.mean(axis=1))
+
+
+class DenseMLP(nn.Module):
+    """``BlockMLP`` with ordinary dense layers (the same parameter names)."""
+
+    hidden: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(width, name=f"block_{i}")(x))
+        return nn.Dense(10, name="head")(x)
+
+
+def _xent(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def dense_variant(model: nn.Module, x, y, key) -> dict:
+    """Plain momentum SGD on the dense model: ``{"step", "args"}``."""
+    params = jax.jit(model.init)(key, x)["params"]
+    tx = optax.sgd(LR, momentum=MOMENTUM)
+
+    @jax.jit
+    def step(p, s, x, y):
+        g = jax.grad(lambda p: _xent(model.apply({"params": p}, x), y))(p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    return {"step": step, "args": (params, jax.jit(tx.init)(params), x, y)}
+
+
+def sparse_variant(model, dense_model, compressed: bool, sparsity: float, block: int, x, y, key):
+    """Block RigL on ``model``: the step and its normal-step and update-step arguments."""
+    kw = dict(sparsity=sparsity, block_size=(block, block), distribution="uniform")
+    kw.update(dense_last=True, update_every=UPDATE_EVERY, end_step=10**6)
+    params = jax.jit(model.init)(key, x)["params"]
+    if compressed:
+        dense_like = jax.eval_shape(dense_model.init, key, x)["params"]
+        algo = kp.compressed_algorithm(sj.rigl, dense_like, **kw)
+    else:
+        algo = sj.rigl(**kw)
+    tx = sj.sparsify(optax.sgd(LR, momentum=MOMENTUM), algo, track_metrics=True)
+    state = jax.jit(tx.init)(params)
+    if not compressed:
+        params = jax.jit(sj.apply_masks)(params, sj.masks_of(state))
+
+    @jax.jit
+    def step(p, s, x, y):
+        def loss(p, s):
+            fwd = sj.forward_params(p, s, assume_masked=not compressed)
+            return _xent(model.apply({"params": fwd}, x), y)
+
+        _, (g, ag) = sj.value_and_grad(loss)(p, s)
+        u, s = tx.update(g, s, p, algo_grads=ag)
+        return optax.apply_updates(p, u), s
+
+    # Step 1 is a normal step; step UPDATE_EVERY runs the mask update (the same compiled program).
+    at = lambda t: (params, state._replace(step=jnp.full((), t, jnp.int32)), x, y)  # noqa: E731
+    return {"step": step, "args": at(1), "update_args": at(UPDATE_EVERY)}
+
+
+def time_calls(fn: Callable, args: tuple, n: int) -> tuple[float, float]:
+    """Mean (wall, CPU) seconds of ``n`` calls of ``fn(*args)`` on the same inputs."""
+    jax.block_until_ready(fn(*args))
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t) / n, (time.process_time() - c) / n
+
+
+def interleaved(timed: dict[str, tuple[Callable, tuple]], rounds: int, steps: int) -> dict:
+    """Median (wall, CPU) seconds per call of each entry, rounds interleaved, the order rotating."""
+    names, samples = list(timed), {k: [] for k in timed}
+    for fn, args in timed.values():  # compile and warm up outside the timed rounds
+        jax.block_until_ready(fn(*args))
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name].append(time_calls(*timed[name], steps))
+    return {
+        k: tuple(statistics.median(s[i] for s in v) for i in (0, 1)) for k, v in samples.items()
+    }
+
+
+def flop_limit(layers: list[tuple[int, int]], sparse: list[bool], density: float) -> float:
+    """Dense / sparse matmul FLOPs of a step (every product of a (K, N) layer scales with K * N)."""
+    dense = sum(k * n for k, n in layers)
+    return dense / sum(k * n * (density if s else 1.0) for (k, n), s in zip(layers, sparse))
+
+
+def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int) -> dict:
+    """One network at one sparsity: dense, compressed and masked block RigL, interleaved."""
+    key, (kx, ky) = jax.random.PRNGKey(0), jax.random.split(jax.random.PRNGKey(1))
+    block, density = sizes["block"], 1.0 - sparsity
+    if case == "mlp":
+        width, hidden, m = sizes["mlp"]
+        x = jax.random.normal(kx, (m, width))
+        dense = DenseMLP(hidden)
+        spec = dict(hidden=hidden, block_size=block, density=density, impl="auto")
+        sparse = {k: BlockMLP(**spec, compressed=k == "compressed") for k in KINDS}
+        widths = [width, *hidden]
+        layers, flags = [*zip(widths[:-1], widths[1:]), (hidden[-1], 10)], [True] * len(hidden)
+    else:
+        dim, mlp_dim, depth, batch, tokens = sizes["vit"]
+        x = jax.random.normal(kx, (batch, tokens, dim))
+        dense = MlpStack(depth, mlp_dim, "dense")
+        sparse = {k: MlpStack(depth, mlp_dim, k, block, density) for k in KINDS}
+        layers, flags = [(dim, mlp_dim), (mlp_dim, dim)] * depth + [(dim, 10)], [True] * 2 * depth
+    y = jax.random.randint(ky, (x.shape[0],), 0, 10)
+    variants = {"dense": dense_variant(dense, x, y, key)}
+    for kind, model in sparse.items():
+        variants[kind] = sparse_variant(
+            model, dense, kind == "compressed", sparsity, block, x, y, key
+        )
+    timed = {name: (v["step"], v["args"]) for name, v in variants.items()}
+    timed.update({f"{k}@update": (variants[k]["step"], variants[k]["update_args"]) for k in KINDS})
+    both = interleaved(timed, rounds, steps)
+    row = dict(case=case, sparsity=sparsity, block=block, rows=int(np.prod(x.shape[:-1])))
+    row["limit"] = round(flop_limit(layers, flags + [False], density), 2)
+    for clock, i in (("", 0), ("cpu_", 1)):  # wall-clock, then CPU time
+        med = {k: v[i] for k, v in both.items()}
+        row[f"{clock}dense_ms"] = round(1e3 * med["dense"], 3)
+        for kind in KINDS:
+            normal, update = med[kind], med[f"{kind}@update"]
+            amortised = ((UPDATE_EVERY - 1) * normal + update) / UPDATE_EVERY
+            row[f"{clock}{kind}_ms"] = round(1e3 * normal, 3)
+            row[f"{clock}{kind}_update_ms"] = round(1e3 * update, 3)
+            row[f"{clock}{kind}_speedup"] = round(med["dense"] / normal, 3)
+            row[f"{clock}{kind}_amortised_speedup"] = round(med["dense"] / amortised, 3)
+    return row
+
+
+def accuracy(seeds: int) -> dict[str, list[float]]:
+    """Held-out accuracy of configs/block_rigl_mlp.py, compressed and masked-dense, per seed."""
+    from configs import block_rigl_mlp
+    from experiments import train
+
+    out = {kind: [] for kind in KINDS}
+    for seed in range(seeds):
+        for kind in KINDS:
+            config = block_rigl_mlp.get_config()
+            config.seed, config.model.compressed = seed, kind == "compressed"
+            config.eval_every = config.checkpoint_every = 0
+            with tempfile.TemporaryDirectory() as workdir:
+                out[kind].append(
+                    round(train.train_and_evaluate(config, workdir)["eval_accuracy"], 4)
+                )
+            print(f"accuracy {kind} seed {seed}: {out[kind][-1]}", flush=True)
+    return out
+
+
+def markdown(meta: dict, rows: list[dict], acc: dict | None) -> str:
+    """The results table: speedups as wall-clock / CPU-time ratios (higher is faster)."""
+    cmd = "python benchmarks/sparse_training_speed.py" + (" --smoke" if meta["smoke"] else "")
+    lines = [
+        "# Sparse training speed: dense vs block RigL (compressed and masked-dense)",
+        "",
+        f"{meta['device']} ({meta['host']}, {meta['cpu_count']} cores), jax {meta['jax']}; load "
+        f"average before {meta['loadavg_before']}, after {meta['loadavg_after']}; {meta['time']}; "
+        f"{meta['rounds']} interleaved rounds x {meta['steps']} steps, medians; `{cmd}`.",
+        "",
+        f"Whole jitted train steps (momentum SGD), block RigL on {meta['sizes']['block']}x"
+        f"{meta['sizes']['block']} blocks. Speedup: dense step "
+        "/ block-RigL step, as **wall-clock / CPU-time** ratios; amortised: 99 normal steps + 1 "
+        f"mask-update step (update_every={UPDATE_EVERY}); limit: the FLOP ratio of the matmuls.",
+        "",
+        "| case | sparsity | dense ms | compressed ms | update ms | compressed speedup | "
+        "amortised | masked speedup | masked amortised | limit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    pair = lambda r, key: f"{r[key]:.2f}x / {r['cpu_' + key]:.2f}x"  # noqa: E731
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['sparsity']:.0%} | {r['dense_ms']:.1f} | {r['compressed_ms']:.1f} "
+            f"| {r['compressed_update_ms']:.1f} | {pair(r, 'compressed_speedup')} "
+            f"| {pair(r, 'compressed_amortised_speedup')} | {pair(r, 'masked_speedup')} "
+            f"| {pair(r, 'masked_amortised_speedup')} | {r['limit']:.2f}x |"
+        )
+    if acc:
+        lines += ["", "Held-out accuracy, `configs/block_rigl_mlp.py` on mnist5k, per seed:", ""]
+        for kind, v in acc.items():
+            lines.append(f"- {kind}: {v} (mean {np.mean(v):.4f}, sd {np.std(v):.4f})")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options; unset ones take the full (or ``--smoke``) defaults."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 90%% only, no accuracy (CI)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--rounds", type=int, help="interleaved rounds (7; smoke 2)")
+    p.add_argument("--steps", type=int, help="calls per variant per round (5; smoke 2)")
+    p.add_argument("--sparsities", type=float, nargs="+", help="(0.9 0.5; smoke 0.9)")
+    p.add_argument("--cases", nargs="+", default=["mlp", "vit_mlp"], choices=["mlp", "vit_mlp"])
+    p.add_argument("--accuracy-seeds", type=int, help="0 skips (3; smoke 0)")
+    p.add_argument("--tag", help="results file suffix (default: the device slug)")
+    args = p.parse_args(argv)
+    full = dict(rounds=7, steps=5, sparsities=[0.9, 0.5], accuracy_seeds=3)
+    smoke = dict(rounds=2, steps=2, sparsities=[0.9], accuracy_seeds=0)
+    for key, value in (smoke if args.smoke else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv=None) -> None:
+    """Run the cases and write the JSON and Markdown results."""
+    args = parse_args(argv)
+    jax.config.update("jax_threefry_partitionable", False)
+    sizes = SIZES["smoke" if args.smoke else "full"]
+    tag = args.tag or machine.device_slug()
+    start, before = time.perf_counter(), machine.describe()
+    rows = []
+    for case in args.cases:
+        for s in args.sparsities:
+            rows.append(bench_case(case, sizes, s, args.rounds, args.steps))
+            print(json.dumps(rows[-1]), flush=True)
+    acc = accuracy(args.accuracy_seeds) if args.accuracy_seeds else None
+    meta = {k: before[k] for k in ("device", "host", "cpu_count", "jax")}
+    meta.update(loadavg_before=before["loadavg"], loadavg_after=machine.load_average())
+    meta.update(rounds=args.rounds, steps=args.steps, smoke=args.smoke, sizes=sizes)
+    meta.update(time=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.perf_counter() - start))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"sparse_training_speed_{tag}"
+    payload = {"meta": meta, "rows": rows, "accuracy": acc}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    (out / f"{stem}.md").write_text(markdown(meta, rows, acc))
+    print(f"wrote {out}/{stem}.{{json,md}} in {meta['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

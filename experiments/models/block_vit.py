@@ -1,0 +1,100 @@
+"""A plain ViT (``experiments.models.vit``) whose MLP blocks are block-sparse, and its checks.
+
+Every encoder block's ``fc1`` (hidden_dim -> mlp_dim) and ``fc2`` (mlp_dim -> hidden_dim) is a block
+layer with square ``block_size`` blocks, compressed (``CompressedBlockDense``: the kernel param is the
+stored blocks, the topology in the sparse-training state) or masked-dense (``BlockSparseDense``);
+patch embedding, attention and head stay dense. The sparsity algorithm must sparsify exactly the MLP
+kernels (``configs/block_rigl_vit.py``: overrides keep the rest dense) with a constant block count,
+uniformly at ``1 - density`` (the checks of ``block_mlp``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from experiments.errors import ConfigError
+from experiments.models import block_mlp
+from experiments.models.vit import SelfAttention, posemb_sincos_2d
+
+check_layer_mask = block_mlp.check_layer_mask
+sparse_algorithm = block_mlp.sparse_algorithm
+
+
+class BlockMlpBlock(nn.Module):
+    """Block-sparse ``fc1`` -> GELU -> block-sparse ``fc2`` (the fields of ``BlockViT``)."""
+
+    mlp_dim: int
+    spec: block_mlp.LayerSpec
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        h = nn.gelu(block_mlp.block_layer(self.spec, self.mlp_dim, "fc1")(x))
+        return block_mlp.block_layer(self.spec, x.shape[-1], "fc2")(h)
+
+
+class BlockViT(nn.Module):
+    """Patch embedding -> ``depth`` pre-LN blocks (dense attention, block-sparse MLP) -> mean pool ->
+    ``head``.
+
+    Attributes:
+      patch_size, hidden_dim, depth, num_heads, mlp_dim: as ``ViT``; ``hidden_dim`` and ``mlp_dim``
+        multiples of ``block_size``.
+      block_size, density, impl, dense_weight_grad, compressed: as ``BlockMLP``.
+    """
+
+    num_classes: int = 10
+    patch_size: int = 4
+    hidden_dim: int = 64
+    depth: int = 2
+    num_heads: int = 2
+    mlp_dim: int = 256
+    block_size: int = 16
+    density: float = 0.1
+    impl: str = "auto"
+    dense_weight_grad: bool = True
+    compressed: bool = False
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """Logits for a batch of (b, h, w, c) images."""
+        b, h, w, c = x.shape
+        p = self.patch_size
+        x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(b, (h // p) * (w // p), p * p * c)
+        x = nn.Dense(self.hidden_dim, name="embedding")(x)
+        x = x + posemb_sincos_2d(h // p, w // p, self.hidden_dim).astype(x.dtype)[None]
+        for i in range(self.depth):
+            attn = SelfAttention(self.num_heads, name=f"block{i}_attn")
+            x = x + attn(nn.LayerNorm(name=f"ln{i}_0")(x))
+            mlp = BlockMlpBlock(self.mlp_dim, block_mlp.spec_of(self), name=f"block{i}_mlp")
+            x = x + mlp(nn.LayerNorm(name=f"ln{i}_1")(x))
+        x = nn.LayerNorm(name="final_norm")(x).mean(axis=1)
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError (one line) if ``config.model`` and ``config.sparsity`` cannot agree."""
+    defaults = BlockViT()
+    m = {k: v for k, v in config.model.items() if v is not None}
+    block = m.get("block_size", defaults.block_size)
+    block_mlp.check_block_size(block)
+    for key in ("hidden_dim", "mlp_dim"):
+        width = m.get(key, getattr(defaults, key))
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % block:
+            raise ConfigError(
+                f"config.model.{key}={width!r}: allowed positive multiples of "
+                f"config.model.block_size={block}"
+            )
+    block_mlp.check_block_sparsity(config, defaults, "block_vit")
+
+
+def check_masks(model: BlockViT, masks: Any) -> None:
+    """Every block layer's initial mask keeps exactly its static block count (masked-dense form)."""
+    for i in range(model.depth):
+        for fc in ("fc1", "fc2"):
+            name = f"block{i}_mlp/{fc}"
+            check_layer_mask(model, name, masks[f"block{i}_mlp"][fc]["kernel"])
