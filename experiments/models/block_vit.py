@@ -18,7 +18,7 @@ import ml_collections
 
 from experiments.errors import ConfigError
 from experiments.models import block_mlp
-from experiments.models.vit import SelfAttention, posemb_sincos_2d
+from experiments.models.vit import SelfAttention, embed_patches, pool_and_classify
 
 check_layer_mask = block_mlp.check_layer_mask
 sparse_algorithm = block_mlp.sparse_algorithm
@@ -61,19 +61,13 @@ class BlockViT(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         """Logits for a batch of (b, h, w, c) images."""
-        b, h, w, c = x.shape
-        p = self.patch_size
-        x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        x = x.reshape(b, (h // p) * (w // p), p * p * c)
-        x = nn.Dense(self.hidden_dim, name="embedding")(x)
-        x = x + posemb_sincos_2d(h // p, w // p, self.hidden_dim).astype(x.dtype)[None]
+        x = embed_patches(x, self.patch_size, self.hidden_dim)
         for i in range(self.depth):
             attn = SelfAttention(self.num_heads, name=f"block{i}_attn")
             x = x + attn(nn.LayerNorm(name=f"ln{i}_0")(x))
             mlp = BlockMlpBlock(self.mlp_dim, block_mlp.spec_of(self), name=f"block{i}_mlp")
             x = x + mlp(nn.LayerNorm(name=f"ln{i}_1")(x))
-        x = nn.LayerNorm(name="final_norm")(x).mean(axis=1)
-        return nn.Dense(self.num_classes, name="head")(x)
+        return pool_and_classify(x, self.num_classes)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

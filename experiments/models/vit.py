@@ -45,6 +45,24 @@ class SelfAttention(nn.Module):
         return nn.Dense(d, name="out")(y)
 
 
+def embed_patches(x: jnp.ndarray, patch_size: int, hidden_dim: int) -> jnp.ndarray:
+    """(b, h, w, c) images -> (b, patches, hidden_dim) tokens plus 2-D sin-cos positions.
+
+    Call inside a compact method: its Dense becomes the caller's ``embedding``.
+    """
+    b, h, w, c = x.shape
+    p = patch_size
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = nn.Dense(hidden_dim, name="embedding")(x.reshape(b, (h // p) * (w // p), p * p * c))
+    return x + posemb_sincos_2d(h // p, w // p, hidden_dim).astype(x.dtype)[None]
+
+
+def pool_and_classify(x: jnp.ndarray, num_classes: int) -> jnp.ndarray:
+    """Tokens -> LayerNorm (``final_norm``) -> mean over tokens -> ``head`` logits (inside a compact method)."""
+    x = nn.LayerNorm(name="final_norm")(x).mean(axis=1)
+    return nn.Dense(num_classes, name="head")(x)
+
+
 class EncoderBlock(nn.Module):
     """Pre-LN transformer block."""
 
@@ -69,16 +87,10 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        b, h, w, c = x.shape
-        p = self.patch_size
-        x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        x = x.reshape(b, (h // p) * (w // p), p * p * c)
-        x = nn.Dense(self.hidden_dim, name="embedding")(x)
-        x = x + posemb_sincos_2d(h // p, w // p, self.hidden_dim).astype(x.dtype)[None]
+        x = embed_patches(x, self.patch_size, self.hidden_dim)
         for i in range(self.depth):
             x = EncoderBlock(self.num_heads, self.mlp_dim, name=f"block{i}")(x)
-        x = nn.LayerNorm(name="final_norm")(x).mean(axis=1)
-        return nn.Dense(self.num_classes, name="head")(x)
+        return pool_and_classify(x, self.num_classes)
 
 
 class ViTTiny(ViT):
