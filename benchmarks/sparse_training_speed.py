@@ -15,7 +15,11 @@ medians of wall-clock and of process CPU time (which leaves out other processes 
 
 - speedup: dense step time / variant step time (a normal step, no mask update);
 - amortised: dense / ((99 normal + 1 mask-update step) / 100), ``update_every=100``;
-- limit: the FLOP ratio, dense / block-sparse matmul FLOPs of a step (forward, dX, dW).
+- limit: the FLOP ratio, dense / block-sparse matmul FLOPs of a step (forward, dX, dW);
+- bound: what the limit leaves of the whole step (Amdahl): dense / (rest + products / ratio), where
+  rest is the same step with every fc replaced by ``NoMatmul`` (LayerNorm, activations, residuals,
+  optimizer, head: the work sparsity does not shrink), products = dense - rest and ratio the fc
+  layers' FLOP ratio, timed interleaved with the others.
 
 ``--accuracy-seeds N`` also trains ``configs/block_rigl_mlp.py`` (mnist5k) compressed and masked-dense
 for N seeds each through ``experiments.train`` and reports the held-out accuracies.
@@ -62,9 +66,22 @@ SIZES = {  # block; mlp input, hidden, batch; vit dim, mlp dim, depth, batch, to
 }
 
 
+class NoMatmul(nn.Module):
+    """A stand-in for ``nn.Dense(features)`` without its product: the input cut or tiled to width, plus
+    the bias. Timing a network with it gives the step's work that sparsity does not shrink."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        reps = -(-self.features // x.shape[-1])
+        return jnp.tile(x, (1,) * (x.ndim - 1) + (reps,))[..., : self.features] + bias
+
+
 class MlpStack(nn.Module):
     """``depth`` pre-LN MLP blocks on (batch, tokens, dim) inputs, mean pool, dense head; ``kind``:
-    dense, compressed or masked."""
+    dense, compressed, masked or none (``NoMatmul`` for every fc)."""
 
     depth: int
     mlp_dim: int
@@ -77,11 +94,9 @@ class MlpStack(nn.Module):
         spec = LayerSpec(self.block_size, self.density, "auto", True, self.kind == "compressed")
 
         def fc(width: int, name: str) -> nn.Module:
-            return (
-                nn.Dense(width, name=name)
-                if self.kind == "dense"
-                else block_layer(spec, width, name)
-            )
+            if self.kind in ("dense", "none"):
+                return (nn.Dense if self.kind == "dense" else NoMatmul)(width, name=name)
+            return block_layer(spec, width, name)
 
         for i in range(self.depth):
             h = nn.gelu(fc(self.mlp_dim, f"fc1_{i}")(nn.LayerNorm(name=f"ln_{i}")(x)))
@@ -90,14 +105,16 @@ class MlpStack(nn.Module):
 
 
 class DenseMLP(nn.Module):
-    """``BlockMLP`` with ordinary dense layers (the same parameter names)."""
+    """``BlockMLP`` with ordinary dense layers (the same parameter names); ``matmul=False``:
+    ``NoMatmul`` hidden layers."""
 
     hidden: tuple[int, ...]
+    matmul: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, name=f"block_{i}")(x))
+            x = nn.relu((nn.Dense if self.matmul else NoMatmul)(width, name=f"block_{i}")(x))
         return nn.Dense(10, name="head")(x)
 
 
@@ -185,7 +202,7 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
     if case == "mlp":
         width, hidden, m = sizes["mlp"]
         x = jax.random.normal(kx, (m, width))
-        dense = DenseMLP(hidden)
+        dense, none = DenseMLP(hidden), DenseMLP(hidden, matmul=False)
         spec = dict(hidden=hidden, block_size=block, density=density, impl="auto")
         sparse = {k: BlockMLP(**spec, compressed=k == "compressed") for k in KINDS}
         widths = [width, *hidden]
@@ -193,11 +210,11 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
     else:
         dim, mlp_dim, depth, batch, tokens = sizes["vit"]
         x = jax.random.normal(kx, (batch, tokens, dim))
-        dense = MlpStack(depth, mlp_dim, "dense")
+        dense, none = MlpStack(depth, mlp_dim, "dense"), MlpStack(depth, mlp_dim, "none")
         sparse = {k: MlpStack(depth, mlp_dim, k, block, density) for k in KINDS}
         layers, flags = [(dim, mlp_dim), (mlp_dim, dim)] * depth + [(dim, 10)], [True] * 2 * depth
     y = jax.random.randint(ky, (x.shape[0],), 0, 10)
-    variants = {"dense": dense_variant(dense, x, y, key)}
+    variants = {"dense": dense_variant(dense, x, y, key), "none": dense_variant(none, x, y, key)}
     for kind, model in sparse.items():
         variants[kind] = sparse_variant(
             model, dense, kind == "compressed", sparsity, block, x, y, key
@@ -210,6 +227,11 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
     for clock, i in (("", 0), ("cpu_", 1)):  # wall-clock, then CPU time
         med = {k: v[i] for k, v in both.items()}
         row[f"{clock}dense_ms"] = round(1e3 * med["dense"], 3)
+        # Amdahl: the step's work outside the products stays, the products shrink to the FLOP ratio.
+        rest, products = med["none"], max(med["dense"] - med["none"], 0.0)
+        row[f"{clock}none_ms"] = round(1e3 * rest, 3)
+        shrink = flop_limit(layers[:-1], flags, density)  # the fc layers' own ratio (no head)
+        row[f"{clock}bound"] = round(med["dense"] / (rest + products / shrink), 2)
         for kind in KINDS:
             normal, update = med[kind], med[f"{kind}@update"]
             amortised = ((UPDATE_EVERY - 1) * normal + update) / UPDATE_EVERY
@@ -252,19 +274,23 @@ def markdown(meta: dict, rows: list[dict], acc: dict | None) -> str:
         f"Whole jitted train steps (momentum SGD), block RigL on {meta['sizes']['block']}x"
         f"{meta['sizes']['block']} blocks. Speedup: dense step "
         "/ block-RigL step, as **wall-clock / CPU-time** ratios; amortised: 99 normal steps + 1 "
-        f"mask-update step (update_every={UPDATE_EVERY}); limit: the FLOP ratio of the matmuls.",
+        f"mask-update step (update_every={UPDATE_EVERY}); limit: the FLOP ratio of the matmuls; "
+        "bound: dense / (no-matmul step + (dense - no-matmul) / limit), what the limit leaves of the "
+        "whole step.",
         "",
-        "| case | sparsity | dense ms | compressed ms | update ms | compressed speedup | "
-        "amortised | masked speedup | masked amortised | limit |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | sparsity | dense ms | no-matmul ms | compressed ms | update ms | compressed "
+        "speedup | amortised | masked speedup | masked amortised | limit | bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     pair = lambda r, key: f"{r[key]:.2f}x / {r['cpu_' + key]:.2f}x"  # noqa: E731
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['sparsity']:.0%} | {r['dense_ms']:.1f} | {r['compressed_ms']:.1f} "
+            f"| {r['case']} | {r['sparsity']:.0%} | {r['dense_ms']:.1f} | {r['none_ms']:.1f} "
+            f"| {r['compressed_ms']:.1f} "
             f"| {r['compressed_update_ms']:.1f} | {pair(r, 'compressed_speedup')} "
             f"| {pair(r, 'compressed_amortised_speedup')} | {pair(r, 'masked_speedup')} "
-            f"| {pair(r, 'masked_amortised_speedup')} | {r['limit']:.2f}x |"
+            f"| {pair(r, 'masked_amortised_speedup')} | {r['limit']:.2f}x "
+            f"| {r['bound']:.2f}x / {r['cpu_bound']:.2f}x |"
         )
     if acc:
         lines += ["", "Held-out accuracy, `configs/block_rigl_mlp.py` on mnist5k, per seed:", ""]

@@ -13,6 +13,8 @@ CASES = {
     "fully_dense": (8, 32, 32, 16, 16, "dense"),
     "one_block": (5, 48, 32, 16, 16, "one"),
     "rectangular": (16, 64, 128, 32, 16, "random"),
+    # Fewer stored blocks than block rows (dW transposes only their panels), 3 in one column.
+    "few_blocks_tall": (10, 128, 32, 16, 16, "few"),
 }
 
 
@@ -23,6 +25,10 @@ def make_case(name: str, dtype=jnp.float32, seed: int = 0):
     grid = (k // bk, n // bn)
     if kind == "dense":
         mask = np.ones(grid, bool)
+    elif kind == "few":
+        mask = np.zeros(grid, bool)
+        mask[[1, 4, 6], 0] = True
+        mask[2, 1] = True
     elif kind == "one":
         mask = np.zeros(grid, bool)
         mask[grid[0] - 1, 0] = True

@@ -138,20 +138,33 @@ def sdd(
 
     Blocks are grouped by block column (the CSC view: offsets ``col_ptr``, block ``rows``, ``perm``
     into the CSR data order). A chunk of s blocks of one column is one GEMM ``[x^T row panels
-    stacked] (s * bk, M) @ dy panel (M, bn)`` whose output is the s blocks themselves; x^T is
-    transposed once, so the row panels are one contiguous gather. (Grouping by block row with a
+    stacked] (s * bk, M) @ dy panel (M, bn)`` whose output is the s blocks themselves. x^T is
+    transposed once: whole when every row panel is read, else only the panels of the stored blocks. (Grouping by block row with a
     transposed-lhs GEMM per chunk measured 1.3-2x slower: its small outputs leave a core idle.)
     """
     bk, bn = block_shape
     nnz = rows.shape[0]
     m = x.shape[0]
-    xt = x.T.reshape(-1, bk, m)  # (KB, bk, M)
+    kb = x.shape[1] // bk
+    if nnz < kb:
+        # Fewer stored blocks than row panels: transpose only the panels they read, one per block in
+        # CSC order, so a chunk's tall operand is a contiguous slice (x is often recomputed, e.g. an
+        # activation, and a full transpose would recompute and move all of it).
+        xt = jnp.take(x.reshape(m, kb, bk), rows, axis=1, mode="clip").transpose(1, 2, 0)
+
+        def tall_of(p0, s):
+            return jax.lax.dynamic_slice_in_dim(xt, p0, s, axis=0)
+    else:
+        xt = x.T.reshape(kb, bk, m)
+
+        def tall_of(p0, s):
+            return jnp.take(xt, jax.lax.dynamic_slice_in_dim(rows, p0, s), axis=0, mode="clip")
 
     def make_body(s, first, group):
         def body(i, out):
             p0 = first[i]
             panel = jax.lax.dynamic_slice_in_dim(dy, group[i] * bn, bn, axis=1)
-            tall = jnp.take(xt, jax.lax.dynamic_slice_in_dim(rows, p0, s), axis=0)
+            tall = tall_of(p0, s)
             blk = jnp.dot(tall.reshape(s * bk, m), panel, preferred_element_type=jnp.float32)
             blk = blk.reshape(s, bk, bn).astype(out_dtype)
             return jax.lax.dynamic_update_slice_in_dim(out, blk, p0, axis=0)

@@ -84,6 +84,24 @@ def make_step(model: nn.Module, tx: optax.GradientTransformation):
     return step
 
 
+def place(sharded: bool, params, x, y, psh, mesh):
+    """``(params, x, y)`` as they are, or FSDP-sharded params and a batch split over the mesh."""
+    from sparsejax import sharding as shd
+
+    if not sharded:
+        return params, x, y
+    xs, ys = (shd.shard(a, shd.batch_sharding(mesh, a.ndim)) for a in (x, y))
+    return shd.shard(params, psh), xs, ys
+
+
+def init_state(tx: optax.GradientTransformation, sharded: bool, p, params, psh, mesh):
+    """``tx.init(p)``, its params-shaped parts sharded like the params when ``sharded``."""
+    from sparsejax import sharding as shd
+
+    state = tx.init(p)
+    return shd.shard(state, shd.shardings(state, params, psh, mesh)) if sharded else state
+
+
 def accuracy(model: nn.Module, params, state, x, y) -> float:
     """Held-out accuracy with the forward weights."""
     logits = jax.jit(lambda p, s, x: model.apply({"params": sj.forward_params(p, s)}, x))(

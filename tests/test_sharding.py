@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import sparsejax as sj
     from sparsejax import sharding as shd
     sys.path.insert(0, "tests")
-    from conftest import MLP, make_step
+    from conftest import MLP, init_state, make_step, place
 
     assert jax.device_count() == 8, jax.devices()
     mesh = shd.make_mesh({"data": 2, "fsdp": -1, "model": 1})
@@ -50,14 +50,8 @@ SCRIPT = textwrap.dedent(
         step = make_step(model, tx)
         results = []
         for sharded in (False, True):
-            p, xs, ys = params, x, y
-            if sharded:
-                p = shd.shard(params, psh)
-                xs = shd.shard(x, shd.batch_sharding(mesh, 2))
-                ys = shd.shard(y, shd.batch_sharding(mesh, 1))
-            state = tx.init(p)
-            if sharded:
-                state = shd.shard(state, shd.shardings(state, params, psh, mesh))
+            p, xs, ys = place(sharded, params, x, y, psh, mesh)
+            state = init_state(tx, sharded, p, params, psh, mesh)
             for _ in range(3):
                 p, state, _ = step(p, state, xs, ys)
             if sharded:  # outputs keep the param sharding: nothing became replicated
