@@ -2,7 +2,8 @@
 
 For each problem of the grid (x (M, K) @ W (K, N), block size, sparsity; uniformly random topology)
 and each product of the op (forward ``x @ W``, ``dX = dY @ W^T``, ``dW`` on the stored blocks), times
-every implementation ``auto`` can choose (dense: densify + ``jnp.dot``; the XLA path; on TPU/GPU the
+every implementation ``auto`` can choose (dense: densify + ``jnp.dot``; the XLA path in the layout
+``xla_path.default_layout`` picks; on TPU/GPU the
 compiled Pallas kernel) and the plain ``jnp.dot`` on an already dense matrix, interleaved round by
 round. Each row then gives what the CPU cost model predicted (``cpu_cost.model_seconds``), what
 ``auto`` picks for it (``dispatch.make_plan``, cache ignored), and how far that pick is from the
@@ -37,11 +38,12 @@ OPS = ("fwd", "dx", "dw")
 PROBLEMS = ("2048x2048x2048", "256x2048x2048", "1568x384x1536", "1568x1536x384")
 
 
-def _plan(impl: str) -> dispatch.Plan:
-    return dispatch.Plan(impl, impl, impl, interpret=False)
+def _plan(impl: str, layout: str = "grouped") -> dispatch.Plan:
+    xla = ops.xla_path.XlaConfig(layout=layout)
+    return dispatch.Plan(impl, impl, impl, interpret=False, xla=xla)
 
 
-def _product(op: str, impl: str):
+def _product(op: str, impl: str, layout: str = "grouped"):
     """Jitted (x, dy, w, wd) -> one product through ``impl`` ("jnp.dot": plain dense baseline)."""
     if impl == "jnp.dot":
         fn = {
@@ -50,7 +52,7 @@ def _product(op: str, impl: str):
             "dw": lambda x, dy, w, wd: jnp.dot(x.T, dy),
         }[op]
         return jax.jit(fn)
-    plan = _plan(impl)
+    plan = _plan(impl, layout)
     fn = {
         "fwd": lambda x, dy, w, wd: ops.grouped_product(impl, plan, x, w, False),
         "dx": lambda x, dy, w, wd: ops.grouped_product(impl, plan, dy, w, True),
@@ -104,12 +106,14 @@ def measure_problem(m: int, k: int, n: int, block: int, sparsity: float, dtype, 
     x, dy, w = autotune.random_problem(m, (k, n), (block, block), nnz, dtype)
     wd = w.to_dense()
     impls = ["dense", "xla"] + ([accel_impl()] if accel_impl() else [])
-    fns = {f"{op}:{i}": _product(op, i) for op in OPS for i in ["jnp.dot", *impls]}
+    layout = ops.xla_path.default_layout(nnz, (kb, nb))  # the XLA layout auto runs
+    fns = {f"{op}:{i}": _product(op, i, layout) for op in OPS for i in ["jnp.dot", *impls]}
     times = interleaved(fns, (x, dy, w, wd), rounds)
     rows = []
     for op in OPS:
         names = ["jnp.dot", *impls]
         row = {"m": m, "k": k, "n": n, "block": block, "sparsity": sparsity, "nnz": nnz, "op": op}
+        row["layout"] = layout
         row["ms"] = {i: round(times[f"{op}:{i}"]["median"], 3) for i in names}
         row["min_ms"] = {i: round(times[f"{op}:{i}"]["min"], 3) for i in names}
         rows.append(evaluate(row, dtype))
@@ -164,7 +168,9 @@ def fit(paths: list[str], use: str = "median", out: str | None = None) -> dict:
     from scipy.optimize import nnls  # benchmark-only (scikit-learn, a dev dependency, pulls it in)
 
     files = [json.loads(Path(p).read_text()) for p in paths]
-    rows = [r for f in files for r in f["rows"]]
+    # The model's XLA features describe the grouped layout: batched rows (very few blocks, where
+    # auto takes the XLA path anyway) stay out of the fit.
+    rows = [r for f in files for r in f["rows"] if r.get("layout", "grouped") == "grouped"]
     key = "ms" if use == "median" else "min_ms"
     groups: dict[tuple, list] = {}
     for r in rows:

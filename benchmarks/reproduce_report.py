@@ -242,6 +242,8 @@ def plot(records: list[dict[str, Any]]):
                 pts.append(
                     dict(algorithm=r["algorithm"], sparsity=s, accuracy=a.mean(), std=a.std())
                 )
+            order = ("dense", *family)  # the same algorithm gets the same colour in every panel
+            pts.sort(key=lambda p: (order.index(p["algorithm"]), p["sparsity"]))
             name = "unstructured" if family is UNSTRUCTURED else "N:M (2:4, 1:4, 1:8)"
             viz.plot_accuracy_vs_sparsity(pts, ax=ax, title=f"{model}: {name}")
     return fig

@@ -65,6 +65,7 @@ def _candidates(platform: str, m: int, dtype: Any = jnp.float32) -> list[tuple[s
     cands: list[tuple[str, dict]] = [("dense", {})]
     for chunk, batch in ((8, 2), (8, 1), (2, 2)):
         cands.append(("xla", {"max_chunk": chunk, "batch": batch}))
+    cands.append(("xla", {"layout": "batched"}))
     tms = [t for t in (32, 64, 128) if t <= max(m, 32)]
     if platform == "gpu":
         for tm, warps, stages in itertools.product(tms, (4, 8), (2, 3, 4)):
@@ -103,7 +104,9 @@ def tune(
             tm=knobs.get("tm", 128),
             num_warps=knobs.get("num_warps", 4),
             num_stages=knobs.get("num_stages", 2),
-            xla=ops.xla_path.XlaConfig(knobs.get("max_chunk", 8), knobs.get("batch", 1)),
+            xla=ops.xla_path.XlaConfig(
+                knobs.get("max_chunk", 8), knobs.get("batch", 1), knobs.get("layout", "grouped")
+            ),
         )
         fns = {
             "fwd": jax.jit(lambda x, dy, w, p=plan: ops.grouped_product(p.fwd, p, x, w, False)),

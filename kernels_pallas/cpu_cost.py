@@ -3,7 +3,9 @@
 Each product (forward ``x @ W``, ``dX = dY @ W^T``, ``dW`` on the stored blocks) is modeled as a linear
 combination of work counts whose coefficients (seconds per unit) were fitted by non-negative least
 squares to interleaved measurements on this project's 2-core CPU (AMD EPYC VM, 1 MiB L2 per core,
-32 MiB shared L3): ``benchmarks/results/auto_dispatch_fit_cpu.json``. ``python
+32 MiB shared L3), idle (load ~1-2, the default scheduler: what a user's run sees; an earlier fit to
+runs under ``chrt -f`` on a loaded machine picked dense on 18 of 144 products where the XLA path was
+faster on an idle one): ``benchmarks/results/auto_dispatch_fit_cpu.json``. ``python
 benchmarks/auto_dispatch.py --fit FILE...`` refits them and prints the tables below; a separate run
 (``benchmarks/results/auto_dispatch_cpu.md``) checks the choices against fresh measurements.
 
@@ -39,17 +41,17 @@ CACHE_BYTES = 16e6  # where per-row costs reach half their out-of-cache excess
 # Seconds per feature unit, fitted (see the module docstring): (kernel, block class) -> coefficients
 # in XLA_FEATURES order; the forward and dX run the same grouped kernel, dW the SDD kernel.
 XLA_COEF = {
-    ("grouped", 32): (1.3e-05, 0.0, 1.3e-07, 4e-08, 3.4e-08, 0.0),
-    ("grouped", 64): (4.7e-05, 0.0, 7.7e-08, 9.4e-08, 0.0, 5e-10),
-    ("grouped", 128): (0.00014, 2.6e-07, 0.0, 6.1e-08, 2.8e-07, 4.8e-10),
-    ("sdd", 32): (4.2e-06, 0.0, 3.5e-08, 3.1e-08, 3.7e-08, 1.5e-09),
-    ("sdd", 64): (5.3e-05, 0.0, 1.9e-07, 5.6e-08, 3.5e-08, 1.1e-09),
-    ("sdd", 128): (0.00011, 1.7e-07, 6.1e-07, 1.2e-07, 2.8e-08, 9.3e-10),
+    ("grouped", 32): (1.4e-05, 2.8e-10, 0.0, 6.5e-08, 0.0, 1.3e-09),
+    ("grouped", 64): (5.4e-05, 6.2e-08, 0.0, 7.6e-08, 0.0, 4.9e-10),
+    ("grouped", 128): (0.00014, 0.0, 7.2e-08, 3.2e-07, 0.0, 3.7e-10),
+    ("sdd", 32): (2.9e-05, 3.8e-08, 0.0, 2.3e-08, 0.0, 6.2e-10),
+    ("sdd", 64): (6.5e-05, 1.2e-07, 0.0, 2.8e-08, 2.9e-08, 7.5e-10),
+    ("sdd", 128): (8.5e-05, 0.0, 2.2e-08, 3.5e-07, 0.0, 1.7e-10),
 }
 DENSE_COEF = {  # op -> coefficients in DENSE_FEATURES order
-    "dw": (0.0, 5.9e-12, 0.0),
-    "dx": (7.4e-10, 4.3e-12, 1.9e-12),
-    "fwd": (7.5e-10, 3.8e-12, 3.1e-12),
+    "dw": (1.8e-09, 5.4e-12, 3.9e-12),
+    "dx": (4.6e-10, 6.9e-12, 0.0),
+    "fwd": (5.1e-10, 7.1e-12, 0.0),
 }
 # Sparse must be modeled at least this much faster than dense: on the fitted measurements the
 # choices then stay within ~5% of the faster implementation (see the results files).

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas import autotune_cache, compat, cpu_cost, gpu, gpu_mosaic, tpu
+from kernels_pallas import autotune_cache, compat, cpu_cost, gpu, gpu_mosaic, tpu, xla_path
 from kernels_pallas.xla_path import XlaConfig
 
 log = logging.getLogger("kernels_pallas")
@@ -121,7 +121,8 @@ def make_plan(
     tm = default_tm(family, m, dtype)
     base = dict(interpret=interpret, tm=tm, precision=precision)
     if impl in ("xla", "dense"):
-        return Plan(impl, impl, impl, **base)
+        layout = xla_path.default_layout(nnz, (k // block_shape[0], n // block_shape[1]))
+        return Plan(impl, impl, impl, xla=XlaConfig(layout=layout), **base)
     if impl == "pallas":
         if interpret is False:
             check_shapes(family, block_shape, tm, dtype)
@@ -134,10 +135,13 @@ def make_plan(
             tm=tuned.get("tm", tm),
             num_warps=tuned.get("num_warps", 4),
             num_stages=tuned.get("num_stages", 2),
-            xla=XlaConfig(tuned.get("max_chunk", 8), tuned.get("batch", 1)),
+            xla=XlaConfig(
+                tuned.get("max_chunk", 8), tuned.get("batch", 1), tuned.get("layout", "grouped")
+            ),
         )
     choice = {op: _auto_choice(op, m, k, n, block_shape, nnz, family) for op in ("fwd", "dx", "dw")}
-    plan = Plan(choice["fwd"], choice["dx"], choice["dw"], **base)
+    layout = xla_path.default_layout(nnz, (k // block_shape[0], n // block_shape[1]))
+    plan = Plan(choice["fwd"], choice["dx"], choice["dw"], xla=XlaConfig(layout=layout), **base)
     if any(c.startswith("pallas") for c in choice.values()):
         try:
             check_shapes(family, block_shape, tm, dtype)

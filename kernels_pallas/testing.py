@@ -15,6 +15,8 @@ CASES = {
     "rectangular": (16, 64, 128, 32, 16, "random"),
     # Fewer stored blocks than block rows (dW transposes only their panels), 3 in one column.
     "few_blocks_tall": (10, 128, 32, 16, 16, "few"),
+    # Between one and two blocks per block row (dW contracts x's panels in place, no transpose).
+    "sparse_rows": (10, 64, 64, 16, 16, "rows"),
 }
 
 
@@ -29,6 +31,9 @@ def make_case(name: str, dtype=jnp.float32, seed: int = 0):
         mask = np.zeros(grid, bool)
         mask[[1, 4, 6], 0] = True
         mask[2, 1] = True
+    elif kind == "rows":
+        mask = np.zeros(grid, bool)
+        mask[[0, 0, 1, 2, 3, 3], [0, 2, 2, 1, 1, 3]] = True
     elif kind == "one":
         mask = np.zeros(grid, bool)
         mask[grid[0] - 1, 0] = True

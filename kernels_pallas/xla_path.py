@@ -1,6 +1,6 @@
 """Block-sparse products in plain XLA: runs on every backend and is the fast path on CPU.
 
-Layout (measured on a 2-core CPU, see docs/kernels.md): blocks are grouped by the dense-operand panel
+"grouped" layout (measured on a 2-core CPU, see docs/kernels.md): blocks are grouped by the dense-operand panel
 they read (a block row of W for y = x @ W, a block column for dX = dY @ W^T). Each group is cut into
 chunks of exact power-of-two sizes (binary decomposition: 11 blocks -> 8 + 2 + 1), so there is no
 padding and every chunk is one wide GEMM ``panel (M, b) @ [its blocks side by side] (b, s * b')``:
@@ -10,6 +10,8 @@ batched dot_general, and each output block is accumulated into the (M, N) f32 re
 dynamic-update-slice. Gathers of x for wider contractions, one batched dot over all blocks plus a
 segment sum, transposed outputs, per-column carries and splitting M all measured slower. dW (SDD)
 is grouped the other way round, by block column, so that each chunk's GEMM writes whole blocks.
+With very few blocks (``default_layout``) the "batched" layout gathers every block's panel and runs
+one batched GEMM instead, trading the loops' fixed cost per step for gathers.
 """
 
 from __future__ import annotations
@@ -22,12 +24,30 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+LAYOUTS = ("grouped", "batched")
+
+
 @dataclasses.dataclass(frozen=True)
 class XlaConfig:
     """Tunable knobs of the XLA path (see ``autotune``)."""
 
     max_chunk: int = 8  # largest chunk (a power of two); chunks of max_chunk, ..., 2, 1 blocks
     batch: int = 1  # chunks per loop step, as one batched dot_general (2 helps some shapes)
+    layout: str = "grouped"  # "grouped" (loops over chunks) or "batched" (one batched GEMM)
+
+
+def default_layout(nnz: int, grid: tuple[int, int]) -> str:
+    """The layout for ``nnz`` stored blocks on a (KB, NB) grid when nothing is tuned.
+
+    "batched" when there are no more blocks than block rows or block columns (a ViT MLP layer at 90%
+    of 128-blocks: 4 blocks on 3 x 12): the grouped loops then run about one block per step, and
+    their fixed cost per step outweighs the batched layout's gathers. Measured on this project's
+    2-core CPU over the training benchmarks' shapes (``benchmarks/results/xla_layout_cpu.md``): the
+    rule picks the faster layout of the three products together on 7 of 8 problems; on the eighth
+    (the 2048-wide MLP at 90%, batch 256) the two layouts are within 2-6% and trade places between
+    runs.
+    """
+    return "batched" if nnz <= max(grid) else "grouped"
 
 
 def _sizes(max_chunk: int) -> tuple[int, ...]:
@@ -138,34 +158,47 @@ def sdd(
 
     Blocks are grouped by block column (the CSC view: offsets ``col_ptr``, block ``rows``, ``perm``
     into the CSR data order). A chunk of s blocks of one column is one GEMM ``[x^T row panels
-    stacked] (s * bk, M) @ dy panel (M, bn)`` whose output is the s blocks themselves. x^T is
-    transposed once: whole when every row panel is read, else only the panels of the stored blocks. (Grouping by block row with a
-    transposed-lhs GEMM per chunk measured 1.3-2x slower: its small outputs leave a core idle.)
+    stacked] (s * bk, M) @ dy panel (M, bn)`` whose output is the s blocks themselves. How x^T is
+    formed depends on how often the blocks read each of x's KB row panels:
+
+    - nnz < KB: only the panels of the stored blocks are transposed, one per block in CSC order;
+    - KB <= nnz < 2 KB: nothing is transposed; a chunk gathers its (M, s * bk) panels of x and the
+      GEMM contracts over M in place (a transposing copy of x, with its producer, often an activation,
+      fused in, cost XLA:CPU more than these GEMMs: 22-32 ms for a ViT's 1568 x 1536 GELU output);
+    - else x^T is transposed once, whole, and the chunks gather its row panels.
+
+    (Grouping by block row with a transposed-lhs GEMM per chunk measured 1.3-2x slower: its small
+    outputs leave a core idle.)
     """
     bk, bn = block_shape
     nnz = rows.shape[0]
     m = x.shape[0]
     kb = x.shape[1] // bk
     if nnz < kb:
-        # Fewer stored blocks than row panels: transpose only the panels they read, one per block in
-        # CSC order, so a chunk's tall operand is a contiguous slice (x is often recomputed, e.g. an
-        # activation, and a full transpose would recompute and move all of it).
         xt = jnp.take(x.reshape(m, kb, bk), rows, axis=1, mode="clip").transpose(1, 2, 0)
 
         def tall_of(p0, s):
-            return jax.lax.dynamic_slice_in_dim(xt, p0, s, axis=0)
+            return jax.lax.dynamic_slice_in_dim(xt, p0, s, axis=0).reshape(s * bk, m), 1
+    elif nnz < 2 * kb:
+        x3 = x.reshape(m, kb, bk)
+
+        def tall_of(p0, s):
+            idx = jax.lax.dynamic_slice_in_dim(rows, p0, s)
+            return jnp.take(x3, idx, axis=1, mode="clip").reshape(m, s * bk), 0
     else:
         xt = x.T.reshape(kb, bk, m)
 
         def tall_of(p0, s):
-            return jnp.take(xt, jax.lax.dynamic_slice_in_dim(rows, p0, s), axis=0, mode="clip")
+            idx = jax.lax.dynamic_slice_in_dim(rows, p0, s)
+            return jnp.take(xt, idx, axis=0, mode="clip").reshape(s * bk, m), 1
 
     def make_body(s, first, group):
         def body(i, out):
             p0 = first[i]
             panel = jax.lax.dynamic_slice_in_dim(dy, group[i] * bn, bn, axis=1)
-            tall = tall_of(p0, s)
-            blk = jnp.dot(tall.reshape(s * bk, m), panel, preferred_element_type=jnp.float32)
+            tall, over_m = tall_of(p0, s)  # (s * bk, M) or (M, s * bk): contract over M
+            dims = (((over_m,), (0,)), ((), ()))
+            blk = jax.lax.dot_general(tall, panel, dims, preferred_element_type=jnp.float32)
             blk = blk.reshape(s, bk, bn).astype(out_dtype)
             return jax.lax.dynamic_update_slice_in_dim(out, blk, p0, axis=0)
 
@@ -177,3 +210,46 @@ def sdd(
     # CSC position i holds data index perm[i]: back to the CSR order of the stored blocks.
     inverse = jnp.zeros((nnz,), jnp.int32).at[perm].set(jnp.arange(nnz, dtype=jnp.int32))
     return out[inverse]
+
+
+def batched_matmul(
+    x: Array,
+    data: Array,
+    in_idx: Array,
+    out_idx: Array,
+    num_out: int,
+    *,
+    transpose_blocks: bool,
+    out_dtype: jnp.dtype,
+) -> Array:
+    """y[:, out_idx[t]] += x[:, in_idx[t]] @ op(data[t]) for every block t, as one batched GEMM.
+
+    The (M, b) panels of x that the blocks read are gathered side by side, multiplied by their blocks
+    in one ``einsum`` and added into the (M, num_out, b') result; ``op`` transposes each block for dX.
+    No loop and no data-dependent trip count: the "batched" layout of ``default_layout``.
+    """
+    m = x.shape[0]
+    nnz, bk, bn = data.shape
+    b_in, b_out = (bn, bk) if transpose_blocks else (bk, bn)
+    panels = jnp.take(x.reshape(m, -1, b_in), in_idx, axis=1, mode="clip")  # (M, nnz, b_in)
+    spec = "mti,toi->mto" if transpose_blocks else "mti,tio->mto"
+    prods = jnp.einsum(spec, *_f32(panels, data))
+    y = jnp.zeros((m, num_out, b_out), jnp.float32).at[:, out_idx].add(prods, mode="drop")
+    return y.reshape(m, num_out * b_out).astype(out_dtype)
+
+
+def batched_sdd(
+    x: Array, dy: Array, rows: Array, cols: Array, block_shape: tuple[int, int], *, out_dtype
+) -> Array:
+    """(nnz, bk, bn) blocks of x^T @ dy at (rows[t], cols[t]), as one batched GEMM over the blocks."""
+    bk, bn = block_shape
+    m = x.shape[0]
+    xs = jnp.take(x.reshape(m, -1, bk), rows, axis=1, mode="clip")  # (M, nnz, bk)
+    dys = jnp.take(dy.reshape(m, -1, bn), cols, axis=1, mode="clip")  # (M, nnz, bn)
+    out = jnp.einsum("mtk,mtn->tkn", *_f32(xs, dys))
+    return out.astype(out_dtype)
+
+
+def _f32(*arrays: Array) -> tuple[Array, ...]:
+    # f32 operands: XLA:CPU has no batched 16-bit dot with an f32 result.
+    return tuple(a.astype(jnp.promote_types(a.dtype, jnp.float32)) for a in arrays)

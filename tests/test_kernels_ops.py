@@ -13,6 +13,7 @@ from kernels_pallas import (
     dispatch,
     masked_kernel_matmul,
     ops,
+    xla_path,
 )
 from kernels_pallas.format import from_positions
 from kernels_pallas.testing import CASES, assert_matches, make_case
@@ -25,6 +26,21 @@ pytestmark = pytest.mark.xdist_group("kernels_ops")
 def test_f32_matches_reference(case, impl):
     x, w = make_case(case)
     assert_matches(x, w, 1e-5, impl=impl)
+
+
+@pytest.mark.parametrize("layout", xla_path.LAYOUTS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_xla_layouts_match_reference(case, layout, monkeypatch):
+    """Both XLA layouts on every case, whichever ``default_layout`` would pick for it."""
+    monkeypatch.setattr(xla_path, "default_layout", lambda nnz, grid: layout)
+    x, w = make_case(case)
+    assert_matches(x, w, 1e-5, impl="xla")
+
+
+def test_default_layout_rule():
+    assert xla_path.default_layout(4, (3, 12)) == "batched"  # ViT fc1 at 90% of 128-blocks
+    assert xla_path.default_layout(26, (16, 16)) == "grouped"  # 2048^2 at 90%
+    assert xla_path.default_layout(18, (3, 12)) == "grouped"  # ViT fc1 at 50%
 
 
 def test_auto_matches_reference():
