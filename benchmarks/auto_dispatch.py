@@ -43,22 +43,24 @@ def _plan(impl: str, layout: str = "grouped") -> dispatch.Plan:
     return dispatch.Plan(impl, impl, impl, interpret=False, xla=xla)
 
 
-def _product(op: str, impl: str, layout: str = "grouped"):
-    """Jitted (x, dy, w, wd) -> one product through ``impl`` ("jnp.dot": plain dense baseline)."""
+def product_fn(op: str, impl: str, layout: str = "grouped"):
+    """(x, dy, w, wd) -> one product through ``impl`` ("jnp.dot": plain dense baseline on ``wd``)."""
     if impl == "jnp.dot":
-        fn = {
+        return {
             "fwd": lambda x, dy, w, wd: jnp.dot(x, wd),
             "dx": lambda x, dy, w, wd: jnp.dot(dy, wd.T),
             "dw": lambda x, dy, w, wd: jnp.dot(x.T, dy),
         }[op]
-        return jax.jit(fn)
     plan = _plan(impl, layout)
-    fn = {
+    return {
         "fwd": lambda x, dy, w, wd: ops.grouped_product(impl, plan, x, w, False),
         "dx": lambda x, dy, w, wd: ops.grouped_product(impl, plan, dy, w, True),
         "dw": lambda x, dy, w, wd: ops.weight_grad(impl, plan, x, dy, w),
     }[op]
-    return jax.jit(fn)
+
+
+def _product(op: str, impl: str, layout: str = "grouped"):
+    return jax.jit(product_fn(op, impl, layout))
 
 
 def interleaved(fns: dict, args, rounds: int) -> dict[str, dict[str, float]]:

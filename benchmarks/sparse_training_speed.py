@@ -224,13 +224,13 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
     both = interleaved(timed, rounds, steps)
     row = dict(case=case, sparsity=sparsity, block=block, rows=int(np.prod(x.shape[:-1])))
     row["limit"] = round(flop_limit(layers, flags + [False], density), 2)
+    shrink = flop_limit(layers[:-1], flags, density)  # the fc layers' own ratio (no head)
     for clock, i in (("", 0), ("cpu_", 1)):  # wall-clock, then CPU time
         med = {k: v[i] for k, v in both.items()}
         row[f"{clock}dense_ms"] = round(1e3 * med["dense"], 3)
         # Amdahl: the step's work outside the products stays, the products shrink to the FLOP ratio.
         rest, products = med["none"], max(med["dense"] - med["none"], 0.0)
         row[f"{clock}none_ms"] = round(1e3 * rest, 3)
-        shrink = flop_limit(layers[:-1], flags, density)  # the fc layers' own ratio (no head)
         row[f"{clock}bound"] = round(med["dense"] / (rest + products / shrink), 2)
         for kind in KINDS:
             normal, update = med[kind], med[f"{kind}@update"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,9 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import machine  # noqa: E402
+from auto_dispatch import interleaved, product_fn  # noqa: E402
 
-from kernels_pallas import dispatch, ops, xla_path  # noqa: E402
+from kernels_pallas import xla_path  # noqa: E402
 from kernels_pallas.autotune import random_problem  # noqa: E402
 
 # (name, M, K, N, block, stored blocks)
@@ -41,25 +41,19 @@ PROBLEMS = [
     ("vit fc1 90% b64", 1568, 384, 1536, 64, 14),
     ("vit fc2 90% b64", 1568, 1536, 384, 64, 14),
 ]
-OPS = ("fwd", "dx", "dw", "all")
+PRODUCTS = ("fwd", "dx", "dw")
+OPS = (*PRODUCTS, "all")
+VARIANTS = {
+    "dense": ("jnp.dot", "grouped"),
+    "grouped": ("xla", "grouped"),
+    "batched": ("xla", "batched"),
+}
 
 
-def products(layout: str | None):
-    """{op: jitted fn(x, dy, w)} for one layout, or ``None`` for jnp.dot on the dense matrix."""
-    if layout is None:
-        one = {
-            "fwd": lambda x, dy, w: x @ w,
-            "dx": lambda x, dy, w: dy @ w.T,
-            "dw": lambda x, dy, w: x.T @ dy,
-        }
-    else:
-        p = dispatch.Plan("xla", "xla", "xla", xla=xla_path.XlaConfig(layout=layout))
-        one = {
-            "fwd": lambda x, dy, w: ops.grouped_product("xla", p, x, w, False),
-            "dx": lambda x, dy, w: ops.grouped_product("xla", p, dy, w, True),
-            "dw": lambda x, dy, w: ops.weight_grad("xla", p, x, dy, w),
-        }
-    fns = dict(one, all=lambda x, dy, w: tuple(f(x, dy, w) for f in one.values()))
+def products(impl: str, layout: str) -> dict:
+    """{op: jitted fn(x, dy, w, wd)}: each product alone and the three together ("all")."""
+    one = [product_fn(op, impl, layout) for op in PRODUCTS]
+    fns = dict(zip(PRODUCTS, one), all=lambda *a: tuple(f(*a) for f in one))
     return {op: jax.jit(f) for op, f in fns.items()}
 
 
@@ -67,19 +61,9 @@ def bench(problem: tuple, rounds: int) -> dict:
     """Median ms of every (variant, op), interleaved round by round."""
     name, m, k, n, b, nnz = problem
     x, dy, w = random_problem(m, (k, n), (b, b), nnz, jnp.float32, 0)
-    args = {"dense": (x, dy, w.to_dense()), "grouped": (x, dy, w), "batched": (x, dy, w)}
-    fns = {v: products(None if v == "dense" else v) for v in args}
-    for v, per_op in fns.items():
-        for f in per_op.values():
-            jax.block_until_ready(f(*args[v]))
-    samples = {(v, op): [] for v in fns for op in OPS}
-    for _ in range(rounds):
-        for v, per_op in fns.items():
-            for op, f in per_op.items():
-                t = time.perf_counter()
-                jax.block_until_ready(f(*args[v]))
-                samples[(v, op)].append(time.perf_counter() - t)
-    ms = {f"{v}/{op}": round(1e3 * statistics.median(s), 3) for (v, op), s in samples.items()}
+    fns = {f"{v}/{op}": f for v, spec in VARIANTS.items() for op, f in products(*spec).items()}
+    times = interleaved(fns, (x, dy, w, w.to_dense()), rounds)
+    ms = {key: round(t["median"], 3) for key, t in times.items()}
     rule = xla_path.default_layout(nnz, (k // b, n // b))
     best = min(("grouped", "batched"), key=lambda v: ms[f"{v}/all"])
     return dict(name=name, m=m, k=k, n=n, block=b, nnz=nnz, rule=rule, best=best, ms=ms)

@@ -104,9 +104,7 @@ def tune(
             tm=knobs.get("tm", 128),
             num_warps=knobs.get("num_warps", 4),
             num_stages=knobs.get("num_stages", 2),
-            xla=ops.xla_path.XlaConfig(
-                knobs.get("max_chunk", 8), knobs.get("batch", 1), knobs.get("layout", "grouped")
-            ),
+            xla=ops.xla_path.XlaConfig.from_knobs(knobs),
         )
         fns = {
             "fwd": jax.jit(lambda x, dy, w, p=plan: ops.grouped_product(p.fwd, p, x, w, False)),

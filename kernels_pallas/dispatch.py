@@ -119,10 +119,10 @@ def make_plan(
     if family == "mosaic_gpu" and interpret is True:  # the generic interpreter lacks TMA and WGMMA
         interpret = compat.mosaic_gpu_interpret_params()
     tm = default_tm(family, m, dtype)
-    base = dict(interpret=interpret, tm=tm, precision=precision)
+    layout = xla_path.default_layout(nnz, (k // block_shape[0], n // block_shape[1]))
+    base = dict(interpret=interpret, tm=tm, precision=precision, xla=XlaConfig(layout=layout))
     if impl in ("xla", "dense"):
-        layout = xla_path.default_layout(nnz, (k // block_shape[0], n // block_shape[1]))
-        return Plan(impl, impl, impl, xla=XlaConfig(layout=layout), **base)
+        return Plan(impl, impl, impl, **base)
     if impl == "pallas":
         if interpret is False:
             check_shapes(family, block_shape, tm, dtype)
@@ -135,13 +135,10 @@ def make_plan(
             tm=tuned.get("tm", tm),
             num_warps=tuned.get("num_warps", 4),
             num_stages=tuned.get("num_stages", 2),
-            xla=XlaConfig(
-                tuned.get("max_chunk", 8), tuned.get("batch", 1), tuned.get("layout", "grouped")
-            ),
+            xla=XlaConfig.from_knobs(tuned),
         )
     choice = {op: _auto_choice(op, m, k, n, block_shape, nnz, family) for op in ("fwd", "dx", "dw")}
-    layout = xla_path.default_layout(nnz, (k // block_shape[0], n // block_shape[1]))
-    plan = Plan(choice["fwd"], choice["dx"], choice["dw"], xla=XlaConfig(layout=layout), **base)
+    plan = Plan(choice["fwd"], choice["dx"], choice["dw"], **base)
     if any(c.startswith("pallas") for c in choice.values()):
         try:
             check_shapes(family, block_shape, tm, dtype)

@@ -39,14 +39,14 @@ def grouped_product(
     if impl == "dense":
         wd = w.to_dense() if dense_w is None else dense_w
         return jnp.dot(x, wd.T if transpose else wd, precision=plan.precision).astype(out_dtype)
-    if impl == "xla" and plan.xla.layout == "batched":
-        rows, cols = w.block_rows(), w.indices
-        in_idx, out_idx, num_out = (cols, rows, w.grid[0]) if transpose else (rows, cols, w.grid[1])
-        return xla_path.batched_matmul(
-            x, w.data, in_idx, out_idx, num_out, transpose_blocks=transpose, out_dtype=out_dtype
-        )
     if impl == "xla":
-        # The XLA path groups blocks by the panel of x they read: block rows of W for the forward
+        if plan.xla.layout == "batched":  # one batched GEMM over the blocks in CSR order
+            rows, cols = w.block_rows(), w.indices
+            ins, outs, num_out = (cols, rows, w.grid[0]) if transpose else (rows, cols, w.grid[1])
+            return xla_path.batched_matmul(
+                x, w.data, ins, outs, num_out, transpose_blocks=transpose, out_dtype=out_dtype
+            )
+        # Grouped: blocks grouped by the panel of x they read: block rows of W for the forward
         # (CSR order), block columns for dX (the CSC view).
         if transpose:
             view = w.csc()
@@ -116,9 +116,9 @@ def weight_grad(
         kb, nb = w.grid
         flat = blocked(full, w.block_shape).reshape(kb * nb, *w.block_shape)
         return flat[rows * nb + cols].astype(dtype)
-    if impl == "xla" and plan.xla.layout == "batched":
-        return xla_path.batched_sdd(x, dy, rows, cols, w.block_shape, out_dtype=dtype)
     if impl == "xla":
+        if plan.xla.layout == "batched":
+            return xla_path.batched_sdd(x, dy, rows, cols, w.block_shape, out_dtype=dtype)
         view = w.csc()
         return xla_path.sdd(
             x,

@@ -1,7 +1,7 @@
 """Block-sparse products in plain XLA: runs on every backend and is the fast path on CPU.
 
-"grouped" layout (measured on a 2-core CPU, see docs/kernels.md): blocks are grouped by the dense-operand panel
-they read (a block row of W for y = x @ W, a block column for dX = dY @ W^T). Each group is cut into
+"grouped" layout (measured on a 2-core CPU, see docs/kernels.md): blocks are grouped by the panel
+of the dense operand they read (a block row of W for y = x @ W, a block column for dX = dY @ W^T). Each group is cut into
 chunks of exact power-of-two sizes (binary decomposition: 11 blocks -> 8 + 2 + 1), so there is no
 padding and every chunk is one wide GEMM ``panel (M, b) @ [its blocks side by side] (b, s * b')``:
 one panel copy per chunk and GEMM widths that run near dense efficiency. One ``fori_loop`` per chunk
@@ -34,6 +34,13 @@ class XlaConfig:
     max_chunk: int = 8  # largest chunk (a power of two); chunks of max_chunk, ..., 2, 1 blocks
     batch: int = 1  # chunks per loop step, as one batched dot_general (2 helps some shapes)
     layout: str = "grouped"  # "grouped" (loops over chunks) or "batched" (one batched GEMM)
+
+    @classmethod
+    def from_knobs(cls, knobs: dict, **defaults) -> XlaConfig:
+        """The config of an autotune entry or candidate (its other keys ignored); unset fields take
+        ``defaults``, else the class defaults."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{**defaults, **{k: v for k, v in knobs.items() if k in names}})
 
 
 def default_layout(nnz: int, grid: tuple[int, int]) -> str:
