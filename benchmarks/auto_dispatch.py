@@ -108,7 +108,7 @@ def measure_problem(m: int, k: int, n: int, block: int, sparsity: float, dtype, 
     x, dy, w = autotune.random_problem(m, (k, n), (block, block), nnz, dtype)
     wd = w.to_dense()
     impls = ["dense", "xla"] + ([accel_impl()] if accel_impl() else [])
-    layout = ops.xla_path.default_layout(nnz, (kb, nb))  # the XLA layout auto runs
+    layout = ops.xla_path.default_layout(nnz, (kb, nb), m)  # the XLA layout auto runs
     fns = {f"{op}:{i}": _product(op, i, layout) for op in OPS for i in ["jnp.dot", *impls]}
     times = interleaved(fns, (x, dy, w, wd), rounds)
     rows = []

@@ -1,9 +1,9 @@
-"""The XLA path's two layouts, grouped and batched, against dense, per product and for all three.
+"""The XLA path's layouts (grouped, batched, blockwise) against dense, per product and for all three.
 
 For each problem (M, K x N, block, stored blocks) of the training benchmarks (the MLP's 2048-wide
 layers at batch 256, 2048^3, a ViT-S MLP block's fc1 and fc2 on 8 x 196 tokens), the forward, dX and
-dW products alone and the three jitted together, for ``XlaConfig(layout="grouped")``,
-``XlaConfig(layout="batched")`` and ``jnp.dot`` on the dense matrix, timed interleaved in one
+dW products alone and the three jitted together, for every ``XlaConfig(layout=...)`` of
+``xla_path.LAYOUTS`` and ``jnp.dot`` on the dense matrix, timed interleaved in one
 process (medians of ``--rounds``). The ``rule`` column is ``xla_path.default_layout``'s pick; the
 ``best`` column the faster layout of the three products together.
 
@@ -43,11 +43,7 @@ PROBLEMS = [
 ]
 PRODUCTS = ("fwd", "dx", "dw")
 OPS = (*PRODUCTS, "all")
-VARIANTS = {
-    "dense": ("jnp.dot", "grouped"),
-    "grouped": ("xla", "grouped"),
-    "batched": ("xla", "batched"),
-}
+VARIANTS = {"dense": ("jnp.dot", "grouped"), **{v: ("xla", v) for v in xla_path.LAYOUTS}}
 
 
 def products(impl: str, layout: str) -> dict:
@@ -64,20 +60,21 @@ def bench(problem: tuple, rounds: int) -> dict:
     fns = {f"{v}/{op}": f for v, spec in VARIANTS.items() for op, f in products(*spec).items()}
     times = interleaved(fns, (x, dy, w, w.to_dense()), rounds)
     ms = {key: round(t["median"], 3) for key, t in times.items()}
-    rule = xla_path.default_layout(nnz, (k // b, n // b))
-    best = min(("grouped", "batched"), key=lambda v: ms[f"{v}/all"])
+    rule = xla_path.default_layout(nnz, (k // b, n // b), m)
+    best = min(xla_path.LAYOUTS, key=lambda v: ms[f"{v}/all"])
     return dict(name=name, m=m, k=k, n=n, block=b, nnz=nnz, rule=rule, best=best, ms=ms)
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     """Speedups over jnp.dot (higher is faster) per product, and the layouts' pick."""
     lines = [
-        "# XLA path layouts: grouped vs batched (`benchmarks/xla_layout.py`)",
+        "# XLA path layouts: " + " vs ".join(xla_path.LAYOUTS) + " (`benchmarks/xla_layout.py`)",
         "",
         f"{meta['device']} ({meta['host']}, {meta['cpu_count']} cores), jax {meta['jax']}; load "
         f"average before {meta['loadavg_before']}, after {meta['loadavg_after']}; {meta['time']}; "
-        f"median of {meta['rounds']} interleaved rounds. Cells: jnp.dot ms / layout ms (grouped | "
-        "batched); `all` = forward, dX and dW jitted together.",
+        f"median of {meta['rounds']} interleaved rounds. Cells: jnp.dot ms / layout ms ("
+        + " | ".join(xla_path.LAYOUTS)
+        + "); `all` = forward, dX and dW jitted together.",
         "",
         "| problem | M | K x N | block | nnz | " + " | ".join(OPS) + " | rule | best |",
         "|---|---|---|---|---|" + "---|" * len(OPS) + "---|---|",
@@ -85,8 +82,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     for r in rows:
         ms = r["ms"]
         cells = [
-            f"{ms[f'dense/{op}'] / ms[f'grouped/{op}']:.2f} \\| "
-            f"{ms[f'dense/{op}'] / ms[f'batched/{op}']:.2f}"
+            " \\| ".join(f"{ms[f'dense/{op}'] / ms[f'{v}/{op}']:.2f}" for v in xla_path.LAYOUTS)
             for op in OPS
         ]
         lines.append(

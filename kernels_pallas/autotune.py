@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels_pallas import dispatch, gpu_mosaic, ops
+from kernels_pallas import dispatch, gpu_mosaic, ops, xla_path
 from kernels_pallas.autotune_cache import (  # noqa: F401  (re-exported: the cache API)
     ENV_VAR,
     _load,
@@ -65,7 +65,7 @@ def _candidates(platform: str, m: int, dtype: Any = jnp.float32) -> list[tuple[s
     cands: list[tuple[str, dict]] = [("dense", {})]
     for chunk, batch in ((8, 2), (8, 1), (2, 2)):
         cands.append(("xla", {"max_chunk": chunk, "batch": batch}))
-    cands.append(("xla", {"layout": "batched"}))
+    cands += [("xla", {"layout": layout}) for layout in xla_path.ORDER_FREE]
     tms = [t for t in (32, 64, 128) if t <= max(m, 32)]
     if platform == "gpu":
         for tm, warps, stages in itertools.product(tms, (4, 8), (2, 3, 4)):

@@ -29,6 +29,7 @@ from kernels_pallas.blocks import as_block_shape
 from kernels_pallas.format import BlockSparseMatrix
 from kernels_pallas.layer import nnz_for_density
 from kernels_pallas.ops import grouped_product, plan_for, weight_grad
+from kernels_pallas.xla_coo import coo_product, coo_weight_grad, order_free
 from sparsejax.masks import to_blocks
 
 
@@ -67,32 +68,47 @@ def dense_grad_scores(x: jax.Array, dy: jax.Array, block_shape, precision: Any =
     return to_blocks(jnp.square(g), tuple(block_shape))
 
 
+def _csr_weight(shape, data, view) -> BlockSparseMatrix:
+    perm, indices, indptr = view
+    return BlockSparseMatrix(data[perm], indices, indptr, shape, tuple(data.shape[1:]))
+
+
+def _grid(shape, data) -> tuple[int, int]:
+    return topology.grid_of(shape, tuple(data.shape[1:]))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _product(plan, shape, x, data, view, probe, scoring):
-    perm, indices, indptr = view
-    w = BlockSparseMatrix(data[perm], indices, indptr, shape, tuple(data.shape[1:]))
-    return grouped_product(plan.fwd, plan, x, w, False)
+    return _product_fwd(plan, shape, x, data, view, probe, scoring)[0]
 
 
 def _product_fwd(plan, shape, x, data, view, probe, scoring):
-    perm, indices, indptr = view
-    w = BlockSparseMatrix(data[perm], indices, indptr, shape, tuple(data.shape[1:]))
-    return grouped_product(plan.fwd, plan, x, w, False), (x, w, perm, probe, scoring)
+    if order_free(plan):  # view: (rows, cols) of the slots, used in slot order as they are
+        y = coo_product(plan, x, data, *view, _grid(shape, data), False)
+    else:  # keep the blocks in CSR order for the backward pass
+        w = _csr_weight(shape, data, view)
+        y, data = grouped_product(plan.fwd, plan, x, w, False), w.data
+    return y, (x, data, view, probe, scoring)
 
 
 def _product_bwd(plan, shape, res, dy):
-    x, w, perm, probe, scoring = res
-    dx = grouped_product(plan.dx, plan, dy, w, True).astype(x.dtype)
-    # dW in CSR order, back to slot order: a gather by the inverse permutation (no zero-filled target).
-    dw = weight_grad(plan.dw, plan, x, dy, w)[jnp.argsort(perm)]
+    x, data, view, probe, scoring = res
+    if order_free(plan):
+        dx = coo_product(plan, dy, data, *view, _grid(shape, data), True)
+        dw = coo_weight_grad(plan, x, dy, *view, data)
+    else:
+        w = BlockSparseMatrix(data, view[1], view[2], shape, tuple(data.shape[1:]))  # CSR order
+        dx = grouped_product(plan.dx, plan, dy, w, True)
+        # dW in CSR order, back to slot order: a gather by the inverse permutation.
+        dw = weight_grad(plan.dw, plan, x, dy, w)[jnp.argsort(view[0])]
     dprobe = None
     if probe is not None:
         dprobe = jax.lax.cond(
             scoring,
-            lambda: dense_grad_scores(x, dy, w.block_shape, plan.precision),
+            lambda: dense_grad_scores(x, dy, data.shape[1:], plan.precision),
             lambda: jnp.zeros(probe.shape, jnp.float32),
         )
-    return dx, dw, (None, None, None), dprobe, None
+    return dx.astype(x.dtype), dw, (None,) * len(view), dprobe, None
 
 
 _product.defvjp(_product_fwd, _product_bwd)
@@ -123,7 +139,10 @@ def compressed_matmul(
     )
     kw = dict(impl=impl, interpret=interpret, backend=backend, precision=precision)
     plan = plan_for(x2, meta, dtype, kw)
-    view = tuple(topology.csr(w.positions, grid))
+    if order_free(plan):  # the slots' coordinates as they are
+        view = (w.positions // grid[1], w.positions % grid[1])
+    else:
+        view = tuple(topology.csr(w.positions, grid))
     probe, scoring = (None, None) if w.probe is None else (w.probe, jnp.asarray(w.scoring, bool))
     y = _product(plan, tuple(w.shape), x2, data, view, probe, scoring)
     return y.reshape(*x.shape[:-1], n)

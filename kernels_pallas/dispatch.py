@@ -119,7 +119,7 @@ def make_plan(
     if family == "mosaic_gpu" and interpret is True:  # the generic interpreter lacks TMA and WGMMA
         interpret = compat.mosaic_gpu_interpret_params()
     tm = default_tm(family, m, dtype)
-    layout = xla_path.default_layout(nnz, (k // block_shape[0], n // block_shape[1]))
+    layout = xla_path.default_layout(nnz, (k // block_shape[0], n // block_shape[1]), m)
     base = dict(interpret=interpret, tm=tm, precision=precision, xla=XlaConfig(layout=layout))
     if impl in ("xla", "dense"):
         return Plan(impl, impl, impl, **base)

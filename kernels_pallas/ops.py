@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas import dispatch, gpu, gpu_mosaic, tpu, xla_path
+from kernels_pallas import dispatch, gpu, gpu_mosaic, tpu, xla_coo, xla_path
 from kernels_pallas.format import BlockSparseMatrix, blocked
 from kernels_pallas.schedule import grouped_schedule
 
@@ -40,11 +40,9 @@ def grouped_product(
         wd = w.to_dense() if dense_w is None else dense_w
         return jnp.dot(x, wd.T if transpose else wd, precision=plan.precision).astype(out_dtype)
     if impl == "xla":
-        if plan.xla.layout == "batched":  # one batched GEMM over the blocks in CSR order
-            rows, cols = w.block_rows(), w.indices
-            ins, outs, num_out = (cols, rows, w.grid[0]) if transpose else (rows, cols, w.grid[1])
-            return xla_path.batched_matmul(
-                x, w.data, ins, outs, num_out, transpose_blocks=transpose, out_dtype=out_dtype
+        if plan.xla.layout in xla_path.ORDER_FREE:
+            return xla_coo.coo_product(
+                plan, x, w.data, w.block_rows(), w.indices, w.grid, transpose
             )
         # Grouped: blocks grouped by the panel of x they read: block rows of W for the forward
         # (CSR order), block columns for dX (the CSC view).
@@ -117,8 +115,8 @@ def weight_grad(
         flat = blocked(full, w.block_shape).reshape(kb * nb, *w.block_shape)
         return flat[rows * nb + cols].astype(dtype)
     if impl == "xla":
-        if plan.xla.layout == "batched":
-            return xla_path.batched_sdd(x, dy, rows, cols, w.block_shape, out_dtype=dtype)
+        if plan.xla.layout in xla_path.ORDER_FREE:
+            return xla_coo.coo_weight_grad(plan, x, dy, rows, cols, w.data)
         view = w.csc()
         return xla_path.sdd(
             x,

@@ -10,8 +10,8 @@ batched dot_general, and each output block is accumulated into the (M, N) f32 re
 dynamic-update-slice. Gathers of x for wider contractions, one batched dot over all blocks plus a
 segment sum, transposed outputs, per-column carries and splitting M all measured slower. dW (SDD)
 is grouped the other way round, by block column, so that each chunk's GEMM writes whole blocks.
-With very few blocks (``default_layout``) the "batched" layout gathers every block's panel and runs
-one batched GEMM instead, trading the loops' fixed cost per step for gathers.
+When grouping buys no wider GEMMs (``default_layout``) the order-free layouts of ``xla_coo`` run
+instead: "batched" (one batched GEMM) and "blockwise" (one block per loop step).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-LAYOUTS = ("grouped", "batched")
+LAYOUTS = ("grouped", "batched", "blockwise")
+ORDER_FREE = ("batched", "blockwise")  # layouts that take the blocks in any order (no CSR view)
+BLOCKWISE_MAX_M = 512  # the most rows for which default_layout picks "blockwise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +35,7 @@ class XlaConfig:
 
     max_chunk: int = 8  # largest chunk (a power of two); chunks of max_chunk, ..., 2, 1 blocks
     batch: int = 1  # chunks per loop step, as one batched dot_general (2 helps some shapes)
-    layout: str = "grouped"  # "grouped" (loops over chunks) or "batched" (one batched GEMM)
+    layout: str = "grouped"  # one of LAYOUTS: "batched" and "blockwise" are in xla_coo
 
     @classmethod
     def from_knobs(cls, knobs: dict, **defaults) -> XlaConfig:
@@ -43,18 +45,28 @@ class XlaConfig:
         return cls(**{**defaults, **{k: v for k, v in knobs.items() if k in names}})
 
 
-def default_layout(nnz: int, grid: tuple[int, int]) -> str:
-    """The layout for ``nnz`` stored blocks on a (KB, NB) grid when nothing is tuned.
+def default_layout(nnz: int, grid: tuple[int, int], m: int) -> str:
+    """The layout for ``nnz`` stored blocks on a (KB, NB) grid and ``m`` rows when nothing is tuned.
 
-    "batched" when there are no more blocks than block rows or block columns (a ViT MLP layer at 90%
-    of 128-blocks: 4 blocks on 3 x 12): the grouped loops then run about one block per step, and
-    their fixed cost per step outweighs the batched layout's gathers. Measured on this project's
-    2-core CPU over the training benchmarks' shapes (``benchmarks/results/xla_layout_cpu.md``): the
-    rule picks the faster layout of the three products together on 7 of 8 problems; on the eighth
-    (the 2048-wide MLP at 90%, batch 256) the two layouts are within 2-6% and trade places between
-    runs.
+    - "batched" when there are no more blocks than block rows or block columns (a ViT MLP layer at
+      90% of 128-blocks: 4 blocks on 3 x 12): the loops would run about one block per step, and
+      their fixed cost per step outweighs the batched layout's gathers;
+    - "blockwise" when the blocks average under two per block row and per block column and m is at
+      most ``BLOCKWISE_MAX_M`` (the 2048-wide MLP at 90%, batch 256: 26 blocks on 16 x 16): grouped
+      chunks are then mostly single narrow GEMMs, and the plain loop over blocks skips the chunk
+      tables, the block gathers and the CSR view. With more rows (2048^3 at 90%) the grouped
+      forward's two-block chunks run 20-40% faster, so grouped stays;
+    - "grouped" otherwise.
+
+    Measured on this project's 2-core CPU over the training benchmarks' shapes
+    (``benchmarks/results/xla_layout_cpu.md``; whole training steps in
+    ``sparse_training_speed_cpu.md``).
     """
-    return "batched" if nnz <= max(grid) else "grouped"
+    if nnz <= max(grid):
+        return "batched"
+    if nnz < 2 * min(grid) and m <= BLOCKWISE_MAX_M:
+        return "blockwise"
+    return "grouped"
 
 
 def _sizes(max_chunk: int) -> tuple[int, ...]:
@@ -217,46 +229,3 @@ def sdd(
     # CSC position i holds data index perm[i]: back to the CSR order of the stored blocks.
     inverse = jnp.zeros((nnz,), jnp.int32).at[perm].set(jnp.arange(nnz, dtype=jnp.int32))
     return out[inverse]
-
-
-def batched_matmul(
-    x: Array,
-    data: Array,
-    in_idx: Array,
-    out_idx: Array,
-    num_out: int,
-    *,
-    transpose_blocks: bool,
-    out_dtype: jnp.dtype,
-) -> Array:
-    """y[:, out_idx[t]] += x[:, in_idx[t]] @ op(data[t]) for every block t, as one batched GEMM.
-
-    The (M, b) panels of x that the blocks read are gathered side by side, multiplied by their blocks
-    in one ``einsum`` and added into the (M, num_out, b') result; ``op`` transposes each block for dX.
-    No loop and no data-dependent trip count: the "batched" layout of ``default_layout``.
-    """
-    m = x.shape[0]
-    nnz, bk, bn = data.shape
-    b_in, b_out = (bn, bk) if transpose_blocks else (bk, bn)
-    panels = jnp.take(x.reshape(m, -1, b_in), in_idx, axis=1, mode="clip")  # (M, nnz, b_in)
-    spec = "mti,toi->mto" if transpose_blocks else "mti,tio->mto"
-    prods = jnp.einsum(spec, *_f32(panels, data))
-    y = jnp.zeros((m, num_out, b_out), jnp.float32).at[:, out_idx].add(prods, mode="drop")
-    return y.reshape(m, num_out * b_out).astype(out_dtype)
-
-
-def batched_sdd(
-    x: Array, dy: Array, rows: Array, cols: Array, block_shape: tuple[int, int], *, out_dtype
-) -> Array:
-    """(nnz, bk, bn) blocks of x^T @ dy at (rows[t], cols[t]), as one batched GEMM over the blocks."""
-    bk, bn = block_shape
-    m = x.shape[0]
-    xs = jnp.take(x.reshape(m, -1, bk), rows, axis=1, mode="clip")  # (M, nnz, bk)
-    dys = jnp.take(dy.reshape(m, -1, bn), cols, axis=1, mode="clip")  # (M, nnz, bn)
-    out = jnp.einsum("mtk,mtn->tkn", *_f32(xs, dys))
-    return out.astype(out_dtype)
-
-
-def _f32(*arrays: Array) -> tuple[Array, ...]:
-    # f32 operands: XLA:CPU has no batched 16-bit dot with an f32 result.
-    return tuple(a.astype(jnp.promote_types(a.dtype, jnp.float32)) for a in arrays)

@@ -31,16 +31,19 @@ def test_f32_matches_reference(case, impl):
 @pytest.mark.parametrize("layout", xla_path.LAYOUTS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_xla_layouts_match_reference(case, layout, monkeypatch):
-    """Both XLA layouts on every case, whichever ``default_layout`` would pick for it."""
-    monkeypatch.setattr(xla_path, "default_layout", lambda nnz, grid: layout)
+    """Every XLA layout on every case, whichever ``default_layout`` would pick for it."""
+    monkeypatch.setattr(xla_path, "default_layout", lambda *_: layout)
     x, w = make_case(case)
     assert_matches(x, w, 1e-5, impl="xla")
 
 
 def test_default_layout_rule():
-    assert xla_path.default_layout(4, (3, 12)) == "batched"  # ViT fc1 at 90% of 128-blocks
-    assert xla_path.default_layout(26, (16, 16)) == "grouped"  # 2048^2 at 90%
-    assert xla_path.default_layout(18, (3, 12)) == "grouped"  # ViT fc1 at 50%
+    rule = xla_path.default_layout
+    assert rule(4, (3, 12), 1568) == "batched"  # ViT fc1 at 90% of 128-blocks
+    assert rule(26, (16, 16), 256) == "blockwise"  # the 2048-wide MLP at 90%, batch 256
+    assert rule(26, (16, 16), 2048) == "grouped"  # 2048^3 at 90%
+    assert rule(128, (16, 16), 256) == "grouped"  # 2048^2 at 50%
+    assert rule(18, (3, 12), 1568) == "grouped"  # ViT fc1 at 50%
 
 
 def test_auto_matches_reference():
