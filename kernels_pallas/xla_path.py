@@ -55,7 +55,7 @@ def default_layout(nnz: int, grid: tuple[int, int], m: int) -> str:
       most ``BLOCKWISE_MAX_M`` (the 2048-wide MLP at 90%, batch 256: 26 blocks on 16 x 16): grouped
       chunks are then mostly single narrow GEMMs, and the plain loop over blocks skips the chunk
       tables, the block gathers and the CSR view. With more rows (2048^3 at 90%) the grouped
-      forward's two-block chunks run 20-40% faster, so grouped stays;
+      forward's two-block chunks are usually faster, so grouped stays;
     - "grouped" otherwise.
 
     Measured on this project's 2-core CPU over the training benchmarks' shapes
