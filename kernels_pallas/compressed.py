@@ -140,7 +140,7 @@ def compressed_matmul(
     kw = dict(impl=impl, interpret=interpret, backend=backend, precision=precision)
     plan = plan_for(x2, meta, dtype, kw)
     if order_free(plan):  # the slots' coordinates as they are
-        view = (w.positions // grid[1], w.positions % grid[1])
+        view = topology.coordinates(w.positions, grid)
     else:
         view = tuple(topology.csr(w.positions, grid))
     probe, scoring = (None, None) if w.probe is None else (w.probe, jnp.asarray(w.scoring, bool))

@@ -49,13 +49,17 @@ def positions_of(units: Array, nnz: int) -> Array:
     return jnp.nonzero(units.reshape(-1), size=nnz, fill_value=0)[0].astype(jnp.int32)
 
 
+def coordinates(positions: Array, grid: tuple[int, int]) -> tuple[Array, Array]:
+    """(block rows, block columns) int32 of flat grid positions, in the order given."""
+    return (positions // grid[1]).astype(jnp.int32), (positions % grid[1]).astype(jnp.int32)
+
+
 def csr(positions: Array, grid: tuple[int, int]) -> Csr:
     """CSR view of slot positions (distinct): a sort of ``nnz`` integers, no block data touched."""
     perm = jnp.argsort(positions).astype(jnp.int32)
-    ordered = positions[perm]
-    rows, cols = ordered // grid[1], ordered % grid[1]
+    rows, cols = coordinates(positions[perm], grid)
     indptr = jnp.searchsorted(rows, jnp.arange(grid[0] + 1, dtype=jnp.int32), side="left")
-    return Csr(perm, cols.astype(jnp.int32), indptr.astype(jnp.int32))
+    return Csr(perm, cols, indptr.astype(jnp.int32))
 
 
 def slot_scores(data: Array, positions: Array, grid: tuple[int, int]) -> Array:

@@ -1,10 +1,10 @@
 """Block-sparse products in plain XLA: runs on every backend and is the fast path on CPU.
 
 "grouped" layout (measured on a 2-core CPU, see docs/kernels.md): blocks are grouped by the panel
-of the dense operand they read (a block row of W for y = x @ W, a block column for dX = dY @ W^T). Each group is cut into
-chunks of exact power-of-two sizes (binary decomposition: 11 blocks -> 8 + 2 + 1), so there is no
-padding and every chunk is one wide GEMM ``panel (M, b) @ [its blocks side by side] (b, s * b')``:
-one panel copy per chunk and GEMM widths that run near dense efficiency. One ``fori_loop`` per chunk
+of the dense operand they read (a block row of W for y = x @ W, a block column for dX = dY @ W^T).
+Each group is cut into chunks of exact power-of-two sizes (binary decomposition: 11 blocks -> 8 + 2
++ 1), so there is no padding and every chunk is one wide GEMM ``panel (M, b) @ [its blocks side by
+side] (b, s * b')``: one panel copy per chunk and GEMM widths that run near dense efficiency. One ``fori_loop`` per chunk
 size (trip counts are data-dependent, shapes are not), optionally ``batch`` chunks per step as one
 batched dot_general, and each output block is accumulated into the (M, N) f32 result with an in-place
 dynamic-update-slice. Gathers of x for wider contractions, one batched dot over all blocks plus a
@@ -183,7 +183,7 @@ def sdd(
     - nnz < KB: only the panels of the stored blocks are transposed, one per block in CSC order;
     - KB <= nnz < 2 KB: nothing is transposed; a chunk gathers its (M, s * bk) panels of x and the
       GEMM contracts over M in place (a transposing copy of x, with its producer, often an activation,
-      fused in, cost XLA:CPU more than these GEMMs: 22-32 ms for a ViT's 1568 x 1536 GELU output);
+      fused in, costs XLA:CPU more than these GEMMs; see docs/kernels.md);
     - else x^T is transposed once, whole, and the chunks gather its row panels.
 
     (Grouping by block row with a transposed-lhs GEMM per chunk measured 1.3-2x slower: its small
