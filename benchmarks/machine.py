@@ -49,8 +49,25 @@ def scheduler() -> str:
         return "unknown"
 
 
+def host_memory() -> str:
+    """How host memory is paged: the kernel's transparent-huge-page mode and ``GLIBC_TUNABLES``.
+
+    On CPU, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (with THP in ``madvise`` or ``always`` mode)
+    backs XLA's per-step buffers with 2 MiB pages; large-activation steps then spend far less time in
+    page faults (``docs/kernels.md``), so a results file says which way it ran.
+    """
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            thp = re.search(r"\[(\w+)\]", f.read())
+        mode = thp.group(1) if thp else "unknown"
+    except OSError:
+        mode = "unknown"
+    return f"THP {mode}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '') or '(unset)'}"
+
+
 def describe() -> dict:
-    """Device kind and platform, host CPU, cores, jax version, scheduling policy and load average."""
+    """Device kind and platform, host CPU, cores, jax version, scheduling policy, load average and
+    host memory paging (``host_memory``)."""
     device = jax.devices()[0]
     return {
         "device": f"{device.platform}: {device.device_kind}",
@@ -60,6 +77,7 @@ def describe() -> dict:
         "jax": jax.__version__,
         "scheduler": scheduler(),
         "loadavg": load_average(),
+        "memory": host_memory(),
     }
 
 
@@ -68,7 +86,7 @@ def summary() -> str:
     d = describe()
     return (
         f"{d['device']}, {d['host']}, {d['cpu_count']} CPUs, jax {d['jax']}, "
-        f"{d['scheduler']}, load average {d['loadavg']}"
+        f"{d['scheduler']}, load average {d['loadavg']}, {d['memory']}"
     )
 
 

@@ -267,7 +267,8 @@ def markdown(meta: dict, rows: list[dict], acc: dict | None) -> str:
     lines = [
         "# Sparse training speed: dense vs block RigL (compressed and masked-dense)",
         "",
-        f"{meta['device']} ({meta['host']}, {meta['cpu_count']} cores), jax {meta['jax']}; load "
+        f"{meta['device']} ({meta['host']}, {meta['cpu_count']} cores), jax {meta['jax']}, "
+        f"{meta['memory']}; load "
         f"average before {meta['loadavg_before']}, after {meta['loadavg_after']}; {meta['time']}; "
         f"{meta['rounds']} interleaved rounds x {meta['steps']} steps, medians; `{cmd}`.",
         "",
@@ -332,7 +333,7 @@ def main(argv=None) -> None:
             rows.append(bench_case(case, sizes, s, args.rounds, args.steps))
             print(json.dumps(rows[-1]), flush=True)
     acc = accuracy(args.accuracy_seeds) if args.accuracy_seeds else None
-    meta = {k: before[k] for k in ("device", "host", "cpu_count", "jax")}
+    meta = {k: before[k] for k in ("device", "host", "cpu_count", "jax", "memory")}
     meta.update(loadavg_before=before["loadavg"], loadavg_after=machine.load_average())
     meta.update(rounds=args.rounds, steps=args.steps, smoke=args.smoke, sizes=sizes)
     meta.update(time=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.perf_counter() - start))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -34,6 +35,17 @@ def _machine():
 )
 def test_device_slug(kind, slug):
     assert _machine().slugify(kind) == slug
+
+
+@pytest.mark.parametrize("tunables", ["glibc.malloc.hugetlb=1", None])
+def test_summary_says_how_host_memory_is_paged(monkeypatch, tunables):
+    if tunables is None:
+        monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    else:
+        monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    line = _machine().summary()
+    assert f"GLIBC_TUNABLES={tunables or '(unset)'}" in line, line
+    assert re.search(r"THP (always|madvise|never|unknown),", line), line
 
 
 def _results_snapshot() -> dict[str, float]:
@@ -73,6 +85,8 @@ def test_smoke_suite_writes_every_result_naming_the_device(tmp_path):
         md = out / f"{name}_{slug}.md"
         assert md.exists(), f"{md.name} missing; wrote {sorted(p.name for p in out.iterdir())}"
         assert kind in md.read_text(), f"{md.name} does not name the device {kind!r}"
+    if "sparse_training_speed" in parts:  # whole-step timings depend on how host memory is paged
+        assert "GLIBC_TUNABLES=" in (out / f"sparse_training_speed_{slug}.md").read_text()
     summary = (out / f"device_suite_{slug}.md").read_text()
     for name in ("kernels", "matmul", "overhead"):
         assert f"| {name} | ok |" in summary
