@@ -195,8 +195,10 @@ def flop_limit(layers: list[tuple[int, int]], sparse: list[bool], density: float
     return dense / sum(k * n * (density if s else 1.0) for (k, n), s in zip(layers, sparse))
 
 
-def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int) -> dict:
-    """One network at one sparsity: dense, compressed and masked block RigL, interleaved."""
+def build_case(case: str, sizes: dict, sparsity: float, kinds=("dense", "none", *KINDS)) -> dict:
+    """The jitted steps of one network at one sparsity: ``{"variants": {kind: dense_variant or
+    sparse_variant dict}, "x", "layers", "flags"}`` for ``kinds`` among dense, none (``NoMatmul``),
+    compressed and masked; ``layers``/``flags``: each product's (K, N) and whether it is sparse."""
     key, (kx, ky) = jax.random.PRNGKey(0), jax.random.split(jax.random.PRNGKey(1))
     block, density = sizes["block"], 1.0 - sparsity
     if case == "mlp":
@@ -214,11 +216,21 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
         sparse = {k: MlpStack(depth, mlp_dim, k, block, density) for k in KINDS}
         layers, flags = [(dim, mlp_dim), (mlp_dim, dim)] * depth + [(dim, 10)], [True] * 2 * depth
     y = jax.random.randint(ky, (x.shape[0],), 0, 10)
-    variants = {"dense": dense_variant(dense, x, y, key), "none": dense_variant(none, x, y, key)}
-    for kind, model in sparse.items():
-        variants[kind] = sparse_variant(
-            model, dense, kind == "compressed", sparsity, block, x, y, key
-        )
+    models, variants = {"dense": dense, "none": none, **sparse}, {}
+    for kind in kinds:
+        if kind in KINDS:
+            args = (dense, kind == "compressed", sparsity, block, x, y, key)
+            variants[kind] = sparse_variant(models[kind], *args)
+        else:
+            variants[kind] = dense_variant(models[kind], x, y, key)
+    return dict(variants=variants, x=x, layers=layers, flags=flags)
+
+
+def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int) -> dict:
+    """One network at one sparsity: dense, compressed and masked block RigL, interleaved."""
+    built = build_case(case, sizes, sparsity)
+    variants, x, layers, flags = (built[k] for k in ("variants", "x", "layers", "flags"))
+    block, density = sizes["block"], 1.0 - sparsity
     timed = {name: (v["step"], v["args"]) for name, v in variants.items()}
     timed.update({f"{k}@update": (variants[k]["step"], variants[k]["update_args"]) for k in KINDS})
     both = interleaved(timed, rounds, steps)
