@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import sources, text
+from experiments import array_batches, sources, text
 from experiments.errors import ConfigError
 
 AUGMENTATIONS = ("none", "crop", "crop_flip", "inception")
@@ -240,18 +240,21 @@ def build(
     image_shape = (size, size, c) if size else (h, w, c)
     seed = int(config.seed) % 2**32
     eval_transform = _make_eval_transform(size)
-    # Shuffle before repeat: grain then reshuffles every epoch with seed + epoch.
-    train = grain.MapDataset.source(train_src).shuffle(seed=seed).repeat(None)
     if process_index is None or process_count is None:
         process_index, process_count = jax.process_index(), jax.process_count()
     batch_size = int(config.batch_size)
     local = _process_split(batch_size, process_index, process_count, "batch_size")
     rows = slice(process_index * local, (process_index + 1) * local)
-    train = train.random_map(_make_record_transform(data.augment, size), seed=seed)
-    # Global batch t is records [t*B, (t+1)*B); its rows for process i are local batch t*n + i.
-    train = train.batch(local, drop_remainder=True)
-    if process_count > 1:
-        train = train.slice(slice(process_index, None, process_count))
+    if array_batches.applies(train_src, data.augment, size):  # the same batches, one gather each
+        train = array_batches.batches(train_src, seed, rows, batch_size)
+    else:
+        # Shuffle before repeat: grain then reshuffles every epoch with seed + epoch.
+        train = grain.MapDataset.source(train_src).shuffle(seed=seed).repeat(None)
+        train = train.random_map(_make_record_transform(data.augment, size), seed=seed)
+        # Global batch t is records [t*B, (t+1)*B); its rows for process i are local batch t*n + i.
+        train = train.batch(local, drop_remainder=True)
+        if process_count > 1:
+            train = train.slice(slice(process_index, None, process_count))
     if data.augment != "none":
         # Batch-level RNG is seeded by (seed, batch index), so the augmentation stays a function of step.
         train = train.random_map(
