@@ -8,8 +8,11 @@ Two networks, each dense (``nn.Dense``, plain momentum SGD) and block-sparse at 
   8 x 196 tokens, mean-pooled into a dense head (every fc1/fc2 block-sparse).
 
 Block-sparse variants: ``compressed`` (``CompressedBlockDense``: params are the stored blocks, the
-topology lives in the sparse state, dense-gradient block norms on update steps only) and ``masked``
-(``BlockSparseDense`` with ``dense_weight_grad=True``: a dense kernel and a dense gradient every step).
+topology lives in the sparse state, dense-gradient block norms on update steps only), ``masked``
+(``BlockSparseDense`` with ``dense_weight_grad=True``: a dense kernel and a dense gradient every step)
+and, on CPU, ``compressed_eigen``: the compressed step compiled with its dots on Eigen
+(``kernels_pallas.xla_cpu``, ``--config.xla_cpu_dots=eigen`` in ``experiments.train``); dense and
+the rest keep XLA's default (YNNPACK), the faster library for dense steps.
 Every jitted step runs in this one process, variants interleaved round by round (the order rotating),
 medians of wall-clock and of process CPU time (which leaves out other processes on a shared machine):
 
@@ -33,6 +36,7 @@ Writes ``sparse_training_speed_<device>.{json,md}`` under ``--out``, naming the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -56,10 +60,12 @@ import machine  # noqa: E402
 import kernels_pallas as kp  # noqa: E402
 import sparsejax as sj  # noqa: E402
 from experiments.models.block_mlp import BlockMLP, LayerSpec, block_layer  # noqa: E402
+from kernels_pallas import xla_cpu  # noqa: E402
 
 UPDATE_EVERY = 100
 LR, MOMENTUM = 0.01, 0.9
 KINDS = ("compressed", "masked")
+EIGEN = "compressed_eigen"  # the compressed step with its dots on Eigen (CPU only)
 SIZES = {  # block; mlp input, hidden, batch; vit dim, mlp dim, depth, batch, tokens
     "full": dict(block=128, mlp=(2048, (2048, 2048), 256), vit=(384, 1536, 4, 8, 196)),
     "smoke": dict(block=16, mlp=(64, (64, 64), 16), vit=(32, 64, 1, 2, 8)),
@@ -136,8 +142,11 @@ def dense_variant(model: nn.Module, x, y, key) -> dict:
     return {"step": step, "args": (params, jax.jit(tx.init)(params), x, y)}
 
 
-def sparse_variant(model, dense_model, compressed: bool, sparsity: float, block: int, x, y, key):
-    """Block RigL on ``model``: the step and its normal-step and update-step arguments."""
+def sparse_variant(
+    model, dense_model, compressed: bool, sparsity: float, block: int, x, y, key, options=None
+):
+    """Block RigL on ``model``: the step (compiled with XLA ``options``) and its normal-step and
+    update-step arguments."""
     kw = dict(sparsity=sparsity, block_size=(block, block), distribution="uniform")
     kw.update(dense_last=True, update_every=UPDATE_EVERY, end_step=10**6)
     params = jax.jit(model.init)(key, x)["params"]
@@ -151,7 +160,7 @@ def sparse_variant(model, dense_model, compressed: bool, sparsity: float, block:
     if not compressed:
         params = jax.jit(sj.apply_masks)(params, sj.masks_of(state))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=options)
     def step(p, s, x, y):
         def loss(p, s):
             fwd = sj.forward_params(p, s, assume_masked=not compressed)
@@ -195,10 +204,18 @@ def flop_limit(layers: list[tuple[int, int]], sparse: list[bool], density: float
     return dense / sum(k * n * (density if s else 1.0) for (k, n), s in zip(layers, sparse))
 
 
-def build_case(case: str, sizes: dict, sparsity: float, kinds=("dense", "none", *KINDS)) -> dict:
+def default_kinds() -> tuple[str, ...]:
+    """The variants a case times here: ``EIGEN`` only where it differs from ``compressed`` (CPU)."""
+    return ("dense", "none", *KINDS) + ((EIGEN,) if xla_cpu.compiler_options("eigen") else ())
+
+
+def build_case(
+    case: str, sizes: dict, sparsity: float, kinds: tuple[str, ...] | None = None
+) -> dict:
     """The jitted steps of one network at one sparsity: ``{"variants": {kind: dense_variant or
     sparse_variant dict}, "x", "layers", "flags"}`` for ``kinds`` among dense, none (``NoMatmul``),
-    compressed and masked; ``layers``/``flags``: each product's (K, N) and whether it is sparse."""
+    compressed, masked and compressed_eigen (``None``: ``default_kinds()``); ``layers``/``flags``:
+    each product's (K, N) and whether it is sparse."""
     key, (kx, ky) = jax.random.PRNGKey(0), jax.random.split(jax.random.PRNGKey(1))
     block, density = sizes["block"], 1.0 - sparsity
     if case == "mlp":
@@ -216,11 +233,12 @@ def build_case(case: str, sizes: dict, sparsity: float, kinds=("dense", "none", 
         sparse = {k: MlpStack(depth, mlp_dim, k, block, density) for k in KINDS}
         layers, flags = [(dim, mlp_dim), (mlp_dim, dim)] * depth + [(dim, 10)], [True] * 2 * depth
     y = jax.random.randint(ky, (x.shape[0],), 0, 10)
-    models, variants = {"dense": dense, "none": none, **sparse}, {}
-    for kind in kinds:
-        if kind in KINDS:
-            args = (dense, kind == "compressed", sparsity, block, x, y, key)
-            variants[kind] = sparse_variant(models[kind], *args)
+    models, variants = {"dense": dense, "none": none, **sparse, EIGEN: sparse["compressed"]}, {}
+    for kind in kinds or default_kinds():
+        if kind in (*KINDS, EIGEN):
+            args = (dense, kind != "masked", sparsity, block, x, y, key)
+            options = xla_cpu.compiler_options("eigen") if kind == EIGEN else None
+            variants[kind] = sparse_variant(models[kind], *args, options=options)
         else:
             variants[kind] = dense_variant(models[kind], x, y, key)
     return dict(variants=variants, x=x, layers=layers, flags=flags)
@@ -232,7 +250,10 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
     variants, x, layers, flags = (built[k] for k in ("variants", "x", "layers", "flags"))
     block, density = sizes["block"], 1.0 - sparsity
     timed = {name: (v["step"], v["args"]) for name, v in variants.items()}
-    timed.update({f"{k}@update": (variants[k]["step"], variants[k]["update_args"]) for k in KINDS})
+    sparse_kinds = [k for k in variants if k not in ("dense", "none")]
+    timed.update(
+        {f"{k}@update": (variants[k]["step"], variants[k]["update_args"]) for k in sparse_kinds}
+    )
     both = interleaved(timed, rounds, steps)
     row = dict(case=case, sparsity=sparsity, block=block, rows=int(np.prod(x.shape[:-1])))
     row["limit"] = round(flop_limit(layers, flags + [False], density), 2)
@@ -244,7 +265,7 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
         rest, products = med["none"], max(med["dense"] - med["none"], 0.0)
         row[f"{clock}none_ms"] = round(1e3 * rest, 3)
         row[f"{clock}bound"] = round(med["dense"] / (rest + products / shrink), 2)
-        for kind in KINDS:
+        for kind in sparse_kinds:
             normal, update = med[kind], med[f"{kind}@update"]
             amortised = ((UPDATE_EVERY - 1) * normal + update) / UPDATE_EVERY
             row[f"{clock}{kind}_ms"] = round(1e3 * normal, 3)
@@ -289,21 +310,29 @@ def markdown(meta: dict, rows: list[dict], acc: dict | None) -> str:
         "/ block-RigL step, as **wall-clock / CPU-time** ratios; amortised: 99 normal steps + 1 "
         f"mask-update step (update_every={UPDATE_EVERY}); limit: the FLOP ratio of the matmuls; "
         "bound: dense / (no-matmul step + (dense - no-matmul) / limit), what the limit leaves of the "
-        "whole step.",
+        "whole step; Eigen-dots: the compressed step compiled with its dots on Eigen "
+        "(`--config.xla_cpu_dots=eigen`; every other step keeps XLA's default, YNNPACK).",
         "",
         "| case | sparsity | dense ms | no-matmul ms | compressed ms | update ms | compressed "
-        "speedup | amortised | masked speedup | masked amortised | limit | bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "speedup | amortised | masked speedup | masked amortised | limit | bound | Eigen-dots "
+        "compressed ms | Eigen-dots speedup | Eigen-dots amortised |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     pair = lambda r, key: f"{r[key]:.2f}x / {r['cpu_' + key]:.2f}x"  # noqa: E731
     for r in rows:
+        eigen = "| - | - | - |"  # not timed: off CPU compressed_eigen is the compressed step
+        if f"{EIGEN}_ms" in r:
+            eigen = (
+                f"| {r[EIGEN + '_ms']:.1f} | {pair(r, EIGEN + '_speedup')} "
+                f"| {pair(r, EIGEN + '_amortised_speedup')} |"
+            )
         lines.append(
             f"| {r['case']} | {r['sparsity']:.0%} | {r['dense_ms']:.1f} | {r['none_ms']:.1f} "
             f"| {r['compressed_ms']:.1f} "
             f"| {r['compressed_update_ms']:.1f} | {pair(r, 'compressed_speedup')} "
             f"| {pair(r, 'compressed_amortised_speedup')} | {pair(r, 'masked_speedup')} "
             f"| {pair(r, 'masked_amortised_speedup')} | {r['limit']:.2f}x "
-            f"| {r['bound']:.2f}x / {r['cpu_bound']:.2f}x |"
+            f"| {r['bound']:.2f}x / {r['cpu_bound']:.2f}x {eigen}"
         )
     if acc:
         lines += ["", "Held-out accuracy, `configs/block_rigl_mlp.py` on mnist5k, per seed:", ""]

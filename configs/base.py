@@ -21,6 +21,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 0  # 0: same as batch_size
     # False: random ops compile ~5x faster on CPU; set True for RNG sharded over several devices.
     config.threefry_partitionable = False
+    # XLA:CPU's dot library for the train and eval steps: ynnpack (XLA's default) | eigen (faster for
+    # compressed block-sparse layers, slower for dense ones; kernels_pallas/xla_cpu.py).
+    config.xla_cpu_dots = "ynnpack"
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "momentum"  # sgd | momentum | adam | adamw | lion

@@ -139,20 +139,22 @@ def wire(
     state: dict[str, Any],
     train_step: Callable,
     eval_step: Callable,
+    compiler_options: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], Callable, Callable]:
     """Shard ``state`` over ``config.mesh`` and return steps that take host batches.
 
     The returned steps place each host batch (global, or this process's rows: :func:`host_batch`) on the
     mesh and run the original step under ``jax.jit`` with the state's shardings in and out, so the layout
-    never drifts.
+    never drifts. ``compiler_options``: as given to ``steps.make_steps`` (the outer jit compiles).
     """
     mesh = mesh_from_config(config)
     if mesh is None:
         return state, train_step, eval_step
     state, sh = _shd().shard_state(state, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train = jax.jit(train_step, out_shardings=(sh, replicated))
-    evaluate = jax.jit(eval_step, out_shardings=replicated)
+    jit = dict(compiler_options=compiler_options)
+    train = jax.jit(train_step, out_shardings=(sh, replicated), **jit)
+    evaluate = jax.jit(eval_step, out_shardings=replicated, **jit)
     train_rows = int(config.batch_size)
     eval_rows = int(config.get("eval_batch_size") or train_rows)
 

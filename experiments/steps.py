@@ -108,10 +108,12 @@ def make_steps(
     std: np.ndarray,
     label_smoothing: float = 0.0,
     assume_masked: bool = False,
+    compiler_options: dict[str, str] | None = None,
 ) -> tuple[Callable[[State, Batch], tuple[State, dict]], Callable[[State, Batch], dict]]:
     """``train_step(state, batch) -> (state, {loss, accuracy})`` and ``eval_step(state, batch) -> sums``.
 
     ``assume_masked``: params are kept exactly 0 outside the masks (see ``init_state(mask_params=)``).
+    ``compiler_options``: XLA options both steps compile with (``kernels_pallas.xla_cpu``).
     """
 
     def forward(state: State, params, opt_state, images, train: bool, key):
@@ -172,7 +174,8 @@ def make_steps(
 
     # CPU cannot donate buffers (and warns); elsewhere donation halves the state's peak memory.
     donate = (0,) if jax.default_backend() != "cpu" else ()
-    return jax.jit(train_step, donate_argnums=donate), jax.jit(eval_step)
+    jit = dict(compiler_options=compiler_options)
+    return jax.jit(train_step, donate_argnums=donate, **jit), jax.jit(eval_step, **jit)
 
 
 def evaluate(eval_step: Callable, state: State, batches: Iterable[Batch]) -> dict[str, float]:

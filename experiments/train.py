@@ -42,7 +42,7 @@ from experiments import (
     validate,
 )
 from experiments.errors import ConfigError, config_section
-from kernels_pallas import compressed_training
+from kernels_pallas import compressed_training, xla_cpu
 
 
 class _Preemption:
@@ -115,6 +115,7 @@ def _train_and_evaluate(
         )
     models.check_masks(model, sj.masks_of(state["opt_state"]))  # e.g. block_mlp: nnz == mask blocks
 
+    options = xla_cpu.compiler_options(config.xla_cpu_dots)
     train_step, eval_step = steps.make_steps(
         model,
         tx,
@@ -123,8 +124,9 @@ def _train_and_evaluate(
         config.optimizer.label_smoothing,
         # params start masked (init_state) and stay so; an algorithm's own forward hook still runs
         assume_masked=algo.hard and algo.forward is sj.masked_forward,
+        compiler_options=options,
     )
-    state, train_step, eval_step = multihost.wire(config, state, train_step, eval_step)
+    state, train_step, eval_step = multihost.wire(config, state, train_step, eval_step, options)
 
     os.makedirs(os.path.join(workdir, "masks"), exist_ok=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)

@@ -13,6 +13,7 @@ import ml_collections
 from experiments import data, models, optim
 from experiments.errors import ConfigError
 from experiments.workdir import check_workdir
+from kernels_pallas import xla_cpu
 
 WANDB_MODES = ("disabled", "offline", "online")
 
@@ -57,6 +58,11 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None) -> None
     if mode not in WANDB_MODES:
         raise ConfigError(
             f"config.wandb.mode: unknown mode {mode!r}; allowed: {', '.join(WANDB_MODES)}"
+        )
+    dots = _get(config, "xla_cpu_dots")
+    if dots not in xla_cpu.DOT_LIBRARIES:
+        raise ConfigError(
+            f"config.xla_cpu_dots: unknown library {dots!r}; allowed: {', '.join(xla_cpu.DOT_LIBRARIES)}"
         )
     name = _get(config, "data.name")
     if not isinstance(name, str) or not name:

@@ -56,6 +56,11 @@ CHECKED_BY_VALIDATE = [
     ("model.widht", 4, "config.model.widht: unknown model key"),
     ("data.augment", "mixup", "config.data.augment: unknown augmentation 'mixup'"),
     ("data.num_threads", -1, "config.data.num_threads=-1"),
+    (
+        "xla_cpu_dots",
+        "mkl",
+        "config.xla_cpu_dots: unknown library 'mkl'; allowed: ynnpack, eigen",
+    ),
 ]
 
 
