@@ -149,3 +149,23 @@ def test_in_memory_batches_equal_the_per_record_pipeline(monkeypatch, augment, p
         np.testing.assert_array_equal(
             next(f.train_iterator(at))["image"], next(s.train_iterator(at))["image"]
         )
+
+
+@pytest.mark.parametrize("max_index", [1, 7, 3999, 4096, 59999, 65536, 1_281_166, 2**31 + 5])
+def test_vectorised_index_shuffle_is_grains(max_index):
+    """``array_batches.index_shuffle`` equals grain's own ``index_shuffle`` element for element (every
+    cipher width those sizes reach: 16 to 32 bits), and is a permutation."""
+    from grain.experimental import index_shuffle
+
+    rng = np.random.default_rng(max_index)
+    index = np.unique(
+        np.r_[np.arange(min(max_index + 1, 200)), rng.integers(0, max_index + 1, 200)]
+    )
+    for seed in (0, 7, 2**32 - 1, 2**32 + 3):
+        want = [
+            index_shuffle(int(i), max_index=max_index, seed=seed % 2**32, rounds=4) for i in index
+        ]
+        got = data.array_batches.index_shuffle(index, max_index, seed)
+        np.testing.assert_array_equal(got, want, err_msg=f"seed {seed}")
+    whole = data.array_batches.index_shuffle(np.arange(4000), 3999, 5)
+    assert sorted(whole) == list(range(4000))
