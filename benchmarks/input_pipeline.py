@@ -40,6 +40,8 @@ CASES = {
     "mnist5k": ("configs/rigl_resnet.py", {}),
     # The full 60k-image Fashion-MNIST from its idx files (apt-get install dataset-fashion-mnist).
     "fashion_mnist": ("configs/rigl_resnet.py", {"data.name": "fashion_mnist"}),
+    # A fast step: the compressed block-sparse MLP (block RigL, 90% of 16x16 blocks), batch 128.
+    "block_rigl_mlp": ("configs/block_rigl_mlp.py", {}),
     # WRN-22-2 on the committed CIFAR-10 fixture: PNG Image features decoded by TFDS (PIL).
     "cifar10_fixture": (
         "configs/rigl_resnet.py:cifar10",
@@ -93,6 +95,7 @@ def benchmark(config, n_batches: int, n_steps: int, n_rounds: int) -> dict:
     t0 = time.perf_counter()
     algo = sj.from_config(config.sparsity, num_steps=config.num_steps)
     model = models.build(config.model, pipeline.info.num_classes)
+    algo = models.sparse_algorithm(model, config, pipeline.image_shape) or algo  # compressed layers
     tx = sj.sparsify(optim.build(config.optimizer, config.num_steps)[0], algo)
     state = steps.init_state(model, tx, pipeline.image_shape, config.seed)
     jax.block_until_ready(state)
