@@ -66,6 +66,7 @@ UPDATE_EVERY = 100
 LR, MOMENTUM = 0.01, 0.9
 KINDS = ("compressed", "masked")
 EIGEN = "compressed_eigen"  # the compressed step with its dots on Eigen (CPU only)
+SPARSE_KINDS = (*KINDS, EIGEN)
 SIZES = {  # block; mlp input, hidden, batch; vit dim, mlp dim, depth, batch, tokens
     "full": dict(block=128, mlp=(2048, (2048, 2048), 256), vit=(384, 1536, 4, 8, 196)),
     "smoke": dict(block=16, mlp=(64, (64, 64), 16), vit=(32, 64, 1, 2, 8)),
@@ -235,7 +236,7 @@ def build_case(
     y = jax.random.randint(ky, (x.shape[0],), 0, 10)
     models, variants = {"dense": dense, "none": none, **sparse, EIGEN: sparse["compressed"]}, {}
     for kind in kinds or default_kinds():
-        if kind in (*KINDS, EIGEN):
+        if kind in SPARSE_KINDS:
             args = (dense, kind != "masked", sparsity, block, x, y, key)
             options = xla_cpu.compiler_options("eigen") if kind == EIGEN else None
             variants[kind] = sparse_variant(models[kind], *args, options=options)
@@ -250,7 +251,7 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
     variants, x, layers, flags = (built[k] for k in ("variants", "x", "layers", "flags"))
     block, density = sizes["block"], 1.0 - sparsity
     timed = {name: (v["step"], v["args"]) for name, v in variants.items()}
-    sparse_kinds = [k for k in variants if k not in ("dense", "none")]
+    sparse_kinds = [k for k in variants if k in SPARSE_KINDS]
     timed.update(
         {f"{k}@update": (variants[k]["step"], variants[k]["update_args"]) for k in sparse_kinds}
     )

@@ -152,9 +152,8 @@ def wire(
         return state, train_step, eval_step
     state, sh = _shd().shard_state(state, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    jit = dict(compiler_options=compiler_options)
-    train = jax.jit(train_step, out_shardings=(sh, replicated), **jit)
-    evaluate = jax.jit(eval_step, out_shardings=replicated, **jit)
+    train = jax.jit(train_step, out_shardings=(sh, replicated), compiler_options=compiler_options)
+    evaluate = jax.jit(eval_step, out_shardings=replicated, compiler_options=compiler_options)
     train_rows = int(config.batch_size)
     eval_rows = int(config.get("eval_batch_size") or train_rows)
 

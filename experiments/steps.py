@@ -174,8 +174,8 @@ def make_steps(
 
     # CPU cannot donate buffers (and warns); elsewhere donation halves the state's peak memory.
     donate = (0,) if jax.default_backend() != "cpu" else ()
-    jit = dict(compiler_options=compiler_options)
-    return jax.jit(train_step, donate_argnums=donate, **jit), jax.jit(eval_step, **jit)
+    train = jax.jit(train_step, donate_argnums=donate, compiler_options=compiler_options)
+    return train, jax.jit(eval_step, compiler_options=compiler_options)
 
 
 def evaluate(eval_step: Callable, state: State, batches: Iterable[Batch]) -> dict[str, float]:
