@@ -8,11 +8,14 @@ Two networks, each dense (``nn.Dense``, plain momentum SGD) and block-sparse at 
   8 x 196 tokens, mean-pooled into a dense head (every fc1/fc2 block-sparse).
 
 Block-sparse variants: ``compressed`` (``CompressedBlockDense``: params are the stored blocks, the
-topology lives in the sparse state, dense-gradient block norms on update steps only), ``masked``
+topology lives in the sparse state, dense-gradient block norms on update steps only; the ViT's MLP
+blocks are ``CompressedBlockMLP``, fused: only the hidden panels fc2 reads are computed), ``masked``
 (``BlockSparseDense`` with ``dense_weight_grad=True``: a dense kernel and a dense gradient every step)
 and, on CPU, ``compressed_eigen``: the compressed step compiled with its dots on Eigen
 (``kernels_pallas.xla_cpu``, ``--config.xla_cpu_dots=eigen`` in ``experiments.train``); dense and
-the rest keep XLA's default (YNNPACK), the faster library for dense steps.
+the rest keep XLA's default (YNNPACK), the faster library for dense steps. ``compressed_unfused``
+(the ViT's MLP blocks as two layers) is timed only when asked for (``build_case(kinds=...)``,
+``profile_step.py --kind``).
 Every jitted step runs in this one process, variants interleaved round by round (the order rotating),
 medians of wall-clock and of process CPU time (which leaves out other processes on a shared machine):
 
@@ -24,8 +27,9 @@ medians of wall-clock and of process CPU time (which leaves out other processes 
   optimizer, head: the work sparsity does not shrink), products = dense - rest and ratio the fc
   layers' FLOP ratio, timed interleaved with the others.
 
-``--accuracy-seeds N`` also trains ``configs/block_rigl_mlp.py`` (mnist5k) compressed and masked-dense
-for N seeds each through ``experiments.train`` and reports the held-out accuracies.
+``--accuracy-seeds N`` also trains ``configs/block_rigl_mlp.py`` and ``configs/block_rigl_vit.py``
+(mnist5k) compressed and masked-dense for N seeds each through ``experiments.train`` and reports the
+held-out accuracies.
 
     python benchmarks/sparse_training_speed.py [--out benchmarks/results] [--rounds 7] [--steps 5]
     python benchmarks/sparse_training_speed.py --smoke --out /tmp/speed   # tiny sizes (CI)
@@ -59,14 +63,16 @@ import machine  # noqa: E402
 
 import kernels_pallas as kp  # noqa: E402
 import sparsejax as sj  # noqa: E402
-from experiments.models.block_mlp import BlockMLP, LayerSpec, block_layer  # noqa: E402
+from experiments.models.block_mlp import BlockMLP, LayerSpec  # noqa: E402
+from experiments.models.block_vit import mlp_block  # noqa: E402
 from kernels_pallas import xla_cpu  # noqa: E402
 
 UPDATE_EVERY = 100
 LR, MOMENTUM = 0.01, 0.9
 KINDS = ("compressed", "masked")
 EIGEN = "compressed_eigen"  # the compressed step with its dots on Eigen (CPU only)
-SPARSE_KINDS = (*KINDS, EIGEN)
+UNFUSED = "compressed_unfused"  # vit_mlp: the MLP blocks' two layers unfused (not timed by default)
+SPARSE_KINDS = (*KINDS, EIGEN, UNFUSED)
 SIZES = {  # block; mlp input, hidden, batch; vit dim, mlp dim, depth, batch, tokens
     "full": dict(block=128, mlp=(2048, (2048, 2048), 256), vit=(384, 1536, 4, 8, 196)),
     "smoke": dict(block=16, mlp=(64, (64, 64), 16), vit=(32, 64, 1, 2, 8)),
@@ -86,9 +92,22 @@ class NoMatmul(nn.Module):
         return jnp.tile(x, (1,) * (x.ndim - 1) + (reps,))[..., : self.features] + bias
 
 
+class DenseMlpBlock(nn.Module):
+    """``fc1`` -> GELU -> ``fc2`` with ``nn.Dense`` layers (``NoMatmul`` ones if not ``matmul``)."""
+
+    mlp_dim: int
+    matmul: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fc = nn.Dense if self.matmul else NoMatmul
+        return fc(x.shape[-1], name="fc2")(nn.gelu(fc(self.mlp_dim, name="fc1")(x)))
+
+
 class MlpStack(nn.Module):
     """``depth`` pre-LN MLP blocks on (batch, tokens, dim) inputs, mean pool, dense head; ``kind``:
-    dense, compressed, masked or none (``NoMatmul`` for every fc)."""
+    dense, compressed (``CompressedBlockMLP``, fused), compressed_unfused (its two layers one after
+    the other), masked or none (``NoMatmul`` for every fc)."""
 
     depth: int
     mlp_dim: int
@@ -98,16 +117,15 @@ class MlpStack(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        spec = LayerSpec(self.block_size, self.density, "auto", True, self.kind == "compressed")
-
-        def fc(width: int, name: str) -> nn.Module:
-            if self.kind in ("dense", "none"):
-                return (nn.Dense if self.kind == "dense" else NoMatmul)(width, name=name)
-            return block_layer(spec, width, name)
-
+        compressed = self.kind in ("compressed", UNFUSED)
+        spec = LayerSpec(self.block_size, self.density, "auto", True, compressed)
         for i in range(self.depth):
-            h = nn.gelu(fc(self.mlp_dim, f"fc1_{i}")(nn.LayerNorm(name=f"ln_{i}")(x)))
-            x = x + fc(x.shape[-1], f"fc2_{i}")(h)
+            h, name = nn.LayerNorm(name=f"ln_{i}")(x), f"block{i}_mlp"  # before "head"
+            if self.kind in ("dense", "none"):
+                block = DenseMlpBlock(self.mlp_dim, self.kind == "dense", name=name)
+            else:
+                block = mlp_block(spec, self.mlp_dim, name, fuse=self.kind != UNFUSED)
+            x = x + block(h)
         return nn.Dense(10, name="head")(x.mean(axis=1))
 
 
@@ -225,13 +243,14 @@ def build_case(
         dense, none = DenseMLP(hidden), DenseMLP(hidden, matmul=False)
         spec = dict(hidden=hidden, block_size=block, density=density, impl="auto")
         sparse = {k: BlockMLP(**spec, compressed=k == "compressed") for k in KINDS}
+        sparse[UNFUSED] = sparse["compressed"]  # no MLP blocks to fuse
         widths = [width, *hidden]
         layers, flags = [*zip(widths[:-1], widths[1:]), (hidden[-1], 10)], [True] * len(hidden)
     else:
         dim, mlp_dim, depth, batch, tokens = sizes["vit"]
         x = jax.random.normal(kx, (batch, tokens, dim))
         dense, none = MlpStack(depth, mlp_dim, "dense"), MlpStack(depth, mlp_dim, "none")
-        sparse = {k: MlpStack(depth, mlp_dim, k, block, density) for k in KINDS}
+        sparse = {k: MlpStack(depth, mlp_dim, k, block, density) for k in (*KINDS, UNFUSED)}
         layers, flags = [(dim, mlp_dim), (mlp_dim, dim)] * depth + [(dim, 10)], [True] * 2 * depth
     y = jax.random.randint(ky, (x.shape[0],), 0, 10)
     models, variants = {"dense": dense, "none": none, **sparse, EIGEN: sparse["compressed"]}, {}
@@ -276,22 +295,26 @@ def bench_case(case: str, sizes: dict, sparsity: float, rounds: int, steps: int)
     return row
 
 
-def accuracy(seeds: int) -> dict[str, list[float]]:
-    """Held-out accuracy of configs/block_rigl_mlp.py, compressed and masked-dense, per seed."""
-    from configs import block_rigl_mlp
+ACCURACY_CONFIGS = ("block_rigl_mlp", "block_rigl_vit")  # mnist5k; the ViT's compressed MLP fused
+
+
+def accuracy(seeds: int) -> dict[str, dict[str, list[float]]]:
+    """Held-out accuracy of each of ``ACCURACY_CONFIGS``, compressed and masked-dense, per seed."""
+    import importlib
+
     from experiments import train
 
-    out = {kind: [] for kind in KINDS}
-    for seed in range(seeds):
-        for kind in KINDS:
-            config = block_rigl_mlp.get_config()
-            config.seed, config.model.compressed = seed, kind == "compressed"
-            config.eval_every = config.checkpoint_every = 0
-            with tempfile.TemporaryDirectory() as workdir:
-                out[kind].append(
-                    round(train.train_and_evaluate(config, workdir)["eval_accuracy"], 4)
-                )
-            print(f"accuracy {kind} seed {seed}: {out[kind][-1]}", flush=True)
+    out = {name: {kind: [] for kind in KINDS} for name in ACCURACY_CONFIGS}
+    for name in ACCURACY_CONFIGS:
+        for seed in range(seeds):
+            for kind in KINDS:
+                config = importlib.import_module(f"configs.{name}").get_config()
+                config.seed, config.model.compressed = seed, kind == "compressed"
+                config.eval_every = config.checkpoint_every = 0
+                with tempfile.TemporaryDirectory() as workdir:
+                    result = train.train_and_evaluate(config, workdir)
+                out[name][kind].append(round(result["eval_accuracy"], 4))
+                print(f"accuracy {name} {kind} seed {seed}: {out[name][kind][-1]}", flush=True)
     return out
 
 
@@ -307,7 +330,8 @@ def markdown(meta: dict, rows: list[dict], acc: dict | None) -> str:
         f"{meta['rounds']} interleaved rounds x {meta['steps']} steps, medians; `{cmd}`.",
         "",
         f"Whole jitted train steps (momentum SGD), block RigL on {meta['sizes']['block']}x"
-        f"{meta['sizes']['block']} blocks. Speedup: dense step "
+        f"{meta['sizes']['block']} blocks; compressed: `CompressedBlockDense` layers, the ViT's MLP "
+        "blocks fused (`CompressedBlockMLP`: only the hidden units fc2 reads). Speedup: dense step "
         "/ block-RigL step, as **wall-clock / CPU-time** ratios; amortised: 99 normal steps + 1 "
         f"mask-update step (update_every={UPDATE_EVERY}); limit: the FLOP ratio of the matmuls; "
         "bound: dense / (no-matmul step + (dense - no-matmul) / limit), what the limit leaves of the "
@@ -335,9 +359,9 @@ def markdown(meta: dict, rows: list[dict], acc: dict | None) -> str:
             f"| {pair(r, 'masked_amortised_speedup')} | {r['limit']:.2f}x "
             f"| {r['bound']:.2f}x / {r['cpu_bound']:.2f}x {eigen}"
         )
-    if acc:
-        lines += ["", "Held-out accuracy, `configs/block_rigl_mlp.py` on mnist5k, per seed:", ""]
-        for kind, v in acc.items():
+    for name, kinds in (acc or {}).items():
+        lines += ["", f"Held-out accuracy, `configs/{name}.py` on mnist5k, per seed:", ""]
+        for kind, v in kinds.items():
             lines.append(f"- {kind}: {v} (mean {np.mean(v):.4f}, sd {np.std(v):.4f})")
     return "\n".join(lines) + "\n"
 

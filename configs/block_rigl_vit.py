@@ -1,8 +1,9 @@
 """Block RigL on a ViT whose MLP blocks are compressed block-sparse: 90% of their 16x16 blocks pruned.
 
-Every encoder block's fc1 (64 -> 256) and fc2 (256 -> 64) is a ``kernels_pallas.CompressedBlockDense``
-(``experiments/models/block_vit.py``): the params are the stored blocks, the topology lives in the
-sparse-training state, RigL's dense-gradient block norms are computed on mask-update steps only.
+Every encoder block's fc1 (64 -> 256) and fc2 (256 -> 64) is compressed, the pair fused in a
+``kernels_pallas.CompressedBlockMLP`` (``experiments/models/block_vit.py``): the params are the stored
+blocks, the topology lives in the sparse-training state, only the hidden units fc2's blocks read are
+computed, RigL's dense-gradient block norms are computed on mask-update steps only.
 Patch embedding, attention and head stay dense (``sparsity.overrides``, ``dense_last``). The model's
 block density is tied to ``sparsity.sparsity``; ``--config.model.compressed=False`` trains the same
 network in masked-dense form (same masks, same updates).

@@ -6,7 +6,8 @@ w = from_dense(kernel, block_mask)          # (K, N) dense + (K/bk, N/bn) bool m
 y = block_sparse_matmul(x, w)               # y = x @ W, differentiable (custom VJP)
 ```
 Compressed training (params = stored blocks, topology in the sparse-training state):
-``CompressedBlockDense`` + ``compressed_algorithm(sj.rigl, dense_like, ...)``.
+``CompressedBlockDense`` (and ``CompressedBlockMLP``, two of them fused) +
+``compressed_algorithm(sj.rigl, dense_like, ...)``.
 """
 
 from kernels_pallas.blocks import (
@@ -20,6 +21,7 @@ from kernels_pallas.blocks import (
     topk_block_mask,
 )
 from kernels_pallas.compressed import CompressedBlockDense, CompressedWeight, compressed_matmul
+from kernels_pallas.compressed_mlp import CompressedBlockMLP
 from kernels_pallas.compressed_training import (
     CompressedState,
     compressed_algorithm,
@@ -43,6 +45,7 @@ from kernels_pallas.ops import block_sparse_matmul
 __all__ = [
     "BlockSparseDense",
     "CompressedBlockDense",
+    "CompressedBlockMLP",
     "CompressedState",
     "CompressedWeight",
     "BlockSparseMatrix",

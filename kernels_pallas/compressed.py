@@ -189,9 +189,11 @@ class CompressedBlockDense(nn.Module):
     bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Apply the layer to (..., in_features) inputs."""
-        shape = (x.shape[-1], self.features)
+    def weights(self, in_features: int) -> tuple[CompressedWeight, jax.Array | None]:
+        """The layer's ``CompressedWeight`` (blocks placed by the forward hook's topology) and bias,
+        unpromoted, for ``in_features`` inputs; what ``__call__`` computes with (and a fused caller
+        such as ``CompressedBlockMLP``)."""
+        shape = (in_features, self.features)
         block_shape = as_block_shape(self.block_size)
         kb, nb = topology.grid_of(shape, block_shape)
         nnz = nnz_for_density(self.density, kb * nb)
@@ -217,6 +219,11 @@ class CompressedBlockDense(nn.Module):
             if self.use_bias
             else None
         )
+        return w, bias
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Apply the layer to (..., in_features) inputs."""
+        w, bias = self.weights(x.shape[-1])
         x, data, bias = nn.dtypes.promote_dtype(x, w.data, bias, dtype=self.dtype)
         y = compressed_matmul(
             x,

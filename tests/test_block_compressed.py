@@ -1,7 +1,8 @@
 """Compressed block-sparse training (``kernels_pallas.compressed_algorithm`` + ``CompressedBlockDense``).
 
 - on mnist5k, compressed and masked-dense block RigL / SET / static give the same masks at every step
-  and the same params to float tolerance (masked-dense: ``BlockSparseDense`` with the dense gradient);
+  and the same params to float tolerance (masked-dense: ``BlockSparseDense`` with the dense gradient),
+  for MLPs and for block RigL on a ViT whose compressed MLP blocks run fused (``CompressedBlockMLP``);
 - the compiled step never recompiles across mask updates, and its normal-step path holds no buffer
   of a dense kernel's size (the dense gradient exists in the mask-update branch only);
 - the conversions to and from the masked-dense form round-trip exactly; slot moves keep kept blocks.
@@ -9,19 +10,20 @@
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _hlo import largest_buffer, reachable
+from _steps import train_step
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels_pallas as kp
 import sparsejax as sj
 from experiments.models.block_mlp import BlockMLP
+from experiments.models.block_vit import BlockViT
 from kernels_pallas import topology, xla_path
 
 BLOCK = 16
@@ -38,28 +40,17 @@ def _layout(name: str, steps: int) -> dict:
     return kw
 
 
-def _train_step(model, tx, assume_masked: bool):
-    """The trainer's step: loss through ``forward_params``, ``sj.value_and_grad``, ``algo_grads``."""
-
-    def step(params, state, x, y):
-        def loss(p, s):
-            fwd = sj.forward_params(p, s, assume_masked=assume_masked)
-            logits = model.apply({"params": fwd}, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        value, (grads, algo_grads) = sj.value_and_grad(loss)(params, state)
-        updates, state = tx.update(grads, state, params, algo_grads=algo_grads)
-        return optax.apply_updates(params, updates), state, value
-
-    return jax.jit(step)
-
-
-def _pair(name: str, steps: int, hidden=(128, 128), impl: str = "xla"):
-    """Masked-dense and compressed block-sparse MLPs from the same masked-dense initial state."""
-    dense_model = BlockMLP(hidden=hidden, block_size=BLOCK, density=0.1, impl=impl)
-    comp_model = dense_model.clone(compressed=True)
+def _pair(name: str, steps: int, hidden=(128, 128), impl: str = "xla", vit: bool = False):
+    """Masked-dense and compressed block-sparse models from the same masked-dense initial state: MLPs,
+    or (``vit``) ViTs on 7x7 patches whose MLP blocks are sparse (compressed: fused)."""
     kw, inner = _layout(name, steps), optax.sgd(LR, momentum=MOMENTUM)
-    dummy = jnp.zeros((1, 784))
+    if vit:
+        dense_model = BlockViT(patch_size=7, block_size=BLOCK, density=0.1, impl=impl)
+        kw["overrides"] = {"embedding": 0.0, "_attn/": 0.0}  # the MLP blocks only
+    else:
+        dense_model = BlockMLP(hidden=hidden, block_size=BLOCK, density=0.1, impl=impl)
+    comp_model = dense_model.clone(compressed=True)
+    dummy = jnp.zeros((1, 28, 28, 1) if vit else (1, 784))
     params = jax.jit(dense_model.init)(jax.random.PRNGKey(1), dummy)["params"]
     dtx = sj.sparsify(inner, CONSTRUCTORS[name](**kw), track_metrics=True)
     dstate = jax.jit(dtx.init)(params)
@@ -72,8 +63,8 @@ def _pair(name: str, steps: int, hidden=(128, 128), impl: str = "xla"):
     cstate = jax.jit(ctx.init)(cparams)
     commit = lambda t: jax.device_put(t, jax.devices()[0])  # noqa: E731
     return (
-        (_train_step(dense_model, dtx, True), commit((params, dstate))),
-        (_train_step(comp_model, ctx, False), commit((cparams, cstate))),
+        (train_step(dense_model, dtx, True), commit((params, dstate))),
+        (train_step(comp_model, ctx, False), commit((cparams, cstate))),
         positions,
     )
 
@@ -94,12 +85,17 @@ def _sparse(masks):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name, steps, hidden",
-    [("rigl", 200, (128, 128)), ("set", 200, (128,)), ("static", 200, (128,))],
+    "name, steps, hidden, vit",
+    [
+        ("rigl", 200, (128, 128), False),
+        ("set", 200, (128,), False),
+        ("static", 200, (128,), False),
+        ("rigl", 200, None, True),
+    ],
 )
-def test_compressed_matches_masked_dense_step_by_step(mnist5k, name, steps, hidden):
+def test_compressed_matches_masked_dense_step_by_step(mnist5k, name, steps, hidden, vit):
     x_train, y_train, _, _ = mnist5k
-    (dstep, (dp, ds)), (cstep, (cp, cs)), positions = _pair(name, steps, hidden)
+    (dstep, (dp, ds)), (cstep, (cp, cs)), positions = _pair(name, steps, hidden, vit=vit)
     # The compressed algorithm draws the masked-dense algorithm's initial topology.
     start = kp.compressed_state(cs).positions
     for a, b in zip(_sparse(positions), _sparse(start)):
@@ -109,6 +105,7 @@ def test_compressed_matches_masked_dense_step_by_step(mnist5k, name, steps, hidd
     for t in range(steps):
         idx = rng.integers(0, len(x_train), BATCH)
         x, y = jnp.asarray(x_train[idx]), jnp.asarray(y_train[idx])
+        x = x.reshape(-1, 28, 28, 1) if vit else x
         dp, ds, dloss = dstep(dp, ds, x, y)
         cp, cs, closs = cstep(cp, cs, x, y)
         same, diff, size = jax.device_get(_compare(dp, ds, cp, cs))
@@ -131,60 +128,6 @@ def test_compressed_matches_masked_dense_step_by_step(mnist5k, name, steps, hidd
     assert cstep._cache_size() == 1
 
 
-# ----------------------------------------------------------------------------- compiled HLO
-_SHAPE = re.compile(r"\b(?:pred|bf16|[suf]\d+)\[([\d,]*)\]")
-_CALLED = re.compile(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)")
-_HEADER = re.compile(r"^(ENTRY )?%([\w.\-]+) ")
-
-
-def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
-    comps, entry, current = {}, None, None
-    for line in hlo.splitlines():
-        s = line.strip()
-        head = _HEADER.match(s)
-        if head and s.endswith("{"):
-            current = comps[head.group(2)] = []
-            entry = head.group(2) if head.group(1) else entry
-        elif s == "}":
-            current = None
-        elif current is not None and s:
-            current.append(s)
-    return comps, entry
-
-
-def _reachable(hlo: str, normal_only: bool) -> list[str]:
-    """Instructions of the computations a step runs; ``normal_only``: taking the false (index 0)
-    branch of every conditional, i.e. a step where no mask update and no scoring happens."""
-    comps, entry = _computations(hlo)
-    seen, todo = set(), [entry]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for ins in comps[name]:
-            branches = re.search(r"branch_computations=\{([^}]*)\}", ins)
-            if branches:
-                names = [b.strip().lstrip("%") for b in branches.group(1).split(",")]
-                todo += names[:1] if normal_only else names
-            todo += re.findall(r"(?:true|false)_computation=%([\w.\-]+)", ins)
-            todo += _CALLED.findall(ins)
-            called = re.search(r"calls=\{([^}]*)\}", ins)
-            if called:
-                todo += [c.strip().lstrip("%") for c in called.group(1).split(",")]
-    return [ins for name in seen for ins in comps[name]]
-
-
-def _largest_buffer(instructions: list[str]) -> int:
-    """Largest element count of any array an instruction defines."""
-    largest = 0
-    for ins in instructions:
-        result = ins.split(" = ", 1)[1].split("(", 1)[0] if " = " in ins else ""
-        for dims in _SHAPE.findall(result):
-            largest = max(largest, int(np.prod([int(d) for d in dims.split(",") if d])))
-    return largest
-
-
 def test_normal_step_holds_no_dense_kernel_sized_buffer():
     """256 -> 256 -> 256 block RigL at batch 16: activations are 16 x 256, a dense kernel 256 x 256."""
     width, batch = 256, 16
@@ -203,15 +146,15 @@ def test_normal_step_holds_no_dense_kernel_sized_buffer():
             algo = sj.rigl(**kw)
         tx = sj.sparsify(optax.sgd(LR, momentum=MOMENTUM), algo, track_metrics=True)
         state = jax.jit(tx.init)(params)
-        step = _train_step(model, tx, assume_masked=not compressed)
+        step = train_step(model, tx, assume_masked=not compressed)
         hlo[compressed] = step.lower(params, state, x, y).compile().as_text()
     kernel = width * width
     # The compressed step: nothing kernel-sized on the normal path, the dense gradient inside the
     # update branch (so the check can see such buffers where they are).
-    assert _largest_buffer(_reachable(hlo[True], normal_only=True)) < kernel
-    assert _largest_buffer(_reachable(hlo[True], normal_only=False)) >= kernel
+    assert largest_buffer(reachable(hlo[True], normal_only=True)) < kernel
+    assert largest_buffer(reachable(hlo[True], normal_only=False)) >= kernel
     # The masked-dense step holds dense kernels on every step.
-    assert _largest_buffer(_reachable(hlo[False], normal_only=True)) >= kernel
+    assert largest_buffer(reachable(hlo[False], normal_only=True)) >= kernel
 
 
 # Slots in shuffled order on a (4, 5) grid of 8 x 8 blocks: few blocks (batched by the rule), about

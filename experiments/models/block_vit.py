@@ -1,8 +1,9 @@
 """A plain ViT (``experiments.models.vit``) whose MLP blocks are block-sparse, and its checks.
 
 Every encoder block's ``fc1`` (hidden_dim -> mlp_dim) and ``fc2`` (mlp_dim -> hidden_dim) is a block
-layer with square ``block_size`` blocks, compressed (``CompressedBlockDense``: the kernel param is the
-stored blocks, the topology in the sparse-training state) or masked-dense (``BlockSparseDense``);
+layer with square ``block_size`` blocks, compressed (``CompressedBlockMLP``: two ``CompressedBlockDense``
+whose kernel params are the stored blocks, the topology in the sparse-training state, fused so that
+the hidden units ``fc2`` never reads are not computed) or masked-dense (``BlockSparseDense``);
 patch embedding, attention and head stay dense. The sparsity algorithm must sparsify exactly the MLP
 kernels (``configs/block_rigl_vit.py``: overrides keep the rest dense) with a constant block count,
 uniformly at ``1 - density`` (the checks of ``block_mlp``).
@@ -19,6 +20,7 @@ import ml_collections
 from experiments.errors import ConfigError
 from experiments.models import block_mlp
 from experiments.models.vit import SelfAttention, embed_patches, pool_and_classify
+from kernels_pallas.compressed_mlp import CompressedBlockMLP
 
 check_layer_mask = block_mlp.check_layer_mask
 sparse_algorithm = block_mlp.sparse_algorithm
@@ -34,6 +36,16 @@ class BlockMlpBlock(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         h = nn.gelu(block_mlp.block_layer(self.spec, self.mlp_dim, "fc1")(x))
         return block_mlp.block_layer(self.spec, x.shape[-1], "fc2")(h)
+
+
+def mlp_block(spec: block_mlp.LayerSpec, mlp_dim: int, name: str, fuse: bool = True) -> nn.Module:
+    """The MLP block a spec describes, params ``fc1`` and ``fc2`` either way: compressed, the fused
+    ``CompressedBlockMLP`` (``fuse=False``: its layers one after the other); masked-dense,
+    ``BlockMlpBlock``."""
+    if spec.compressed:
+        common = dict(block_size=spec.block_size, density=spec.density, impl=spec.impl)
+        return CompressedBlockMLP(mlp_dim, activation=nn.gelu, fuse=fuse, name=name, **common)
+    return BlockMlpBlock(mlp_dim, spec, name=name)
 
 
 class BlockViT(nn.Module):
@@ -65,7 +77,7 @@ class BlockViT(nn.Module):
         for i in range(self.depth):
             attn = SelfAttention(self.num_heads, name=f"block{i}_attn")
             x = x + attn(nn.LayerNorm(name=f"ln{i}_0")(x))
-            mlp = BlockMlpBlock(self.mlp_dim, block_mlp.spec_of(self), name=f"block{i}_mlp")
+            mlp = mlp_block(block_mlp.spec_of(self), self.mlp_dim, f"block{i}_mlp")
             x = x + mlp(nn.LayerNorm(name=f"ln{i}_1")(x))
         return pool_and_classify(x, self.num_classes)
 
