@@ -2,7 +2,7 @@
 
 One subprocess (8 forced host devices, a ``data=2 x fsdp=4`` mesh): the compressed params (stored
 blocks, FSDP-sharded along a block axis), their momentum and the batch are sharded; block RigL and SET
-move blocks on every step. The topology after each step equals the single-device run's exactly, the
+move blocks on every step, on an MLP and on a ViT whose MLP blocks run fused (``CompressedBlockMLP``). The topology after each step equals the single-device run's exactly, the
 params to float tolerance, and blocks, momentum and params keep their shardings (nothing comes back
 replicated).
 """
@@ -13,28 +13,35 @@ from _subprocess import run_script
 
 SCRIPT = textwrap.dedent(
     """
-    import sys
+    import itertools, sys
     import jax, jax.numpy as jnp, numpy as np, optax
     import kernels_pallas as kp
     import sparsejax as sj
     from sparsejax import sharding as shd
     from experiments.models.block_mlp import BlockMLP
+    from experiments.models.block_vit import BlockViT
     sys.path.insert(0, "tests")
     from conftest import init_state, place
 
     assert jax.device_count() == 8, jax.devices()
     mesh = shd.make_mesh({"data": 2, "fsdp": -1, "model": 1})
-    model = BlockMLP(hidden=(128, 128), block_size=16, density=0.1, impl="xla", compressed=True)
-    dense_model = model.clone(compressed=False)
-    x = jax.random.normal(jax.random.PRNGKey(0), (32, 784))
-    y = jax.random.randint(jax.random.PRNGKey(1), (32,), 0, 10)
-    dense_like = jax.eval_shape(dense_model.init, jax.random.PRNGKey(2), x)["params"]
-    params = model.init(jax.random.PRNGKey(2), x)["params"]
-    psh = shd.param_shardings(params, mesh)
-    assert [s.spec for s in jax.tree.leaves(psh)].count(jax.sharding.PartitionSpec()) < len(jax.tree.leaves(psh))
-    kw = dict(sparsity=0.9, block_size=(16, 16), distribution="uniform", dense_last=True,
-              update_every=1, end_step=100)
-    for name, ctor in (("rigl", sj.rigl), ("set", sj.set_sparse)):
+    mlp = BlockMLP(hidden=(128, 128), block_size=16, density=0.1, impl="xla", compressed=True)
+    vit = BlockViT(patch_size=7, block_size=16, density=0.1, impl="xla", compressed=True)
+    vit_dense = {"embedding": 0.0, "_attn/": 0.0}  # the ViT's MLP blocks only
+    cases = [("mlp", mlp, (32, 784), {}), ("vit", vit, (32, 28, 28, 1), vit_dense)]
+    algos = (("rigl", sj.rigl), ("set", sj.set_sparse))
+    for (label, model, shape, overrides), (name, ctor) in itertools.product(cases, algos):
+        name = f"{label} {name}"
+        dense_model = model.clone(compressed=False)
+        x = jax.random.normal(jax.random.PRNGKey(0), shape)
+        y = jax.random.randint(jax.random.PRNGKey(1), (32,), 0, 10)
+        dense_like = jax.eval_shape(dense_model.init, jax.random.PRNGKey(2), x)["params"]
+        params = model.init(jax.random.PRNGKey(2), x)["params"]
+        psh = shd.param_shardings(params, mesh)
+        specs = [s.spec for s in jax.tree.leaves(psh)]
+        assert specs.count(jax.sharding.PartitionSpec()) < len(specs)
+        kw = dict(sparsity=0.9, block_size=(16, 16), distribution="uniform", dense_last=True,
+                  update_every=1, end_step=100, overrides=overrides)
         tx = sj.sparsify(optax.sgd(0.05, momentum=0.9), kp.compressed_algorithm(ctor, dense_like, **kw))
 
         @jax.jit
