@@ -273,3 +273,8 @@ def test_layer_counts_that_disagree_with_the_sparsity_are_one_line():
         kp.compressed_algorithm(sj.gmp, dense_like["params"], num_steps=10, **kw)
     with pytest.raises(ValueError, match="block_size=None"):
         kp.compressed_algorithm(sj.static, dense_like["params"], sparsity=0.5)
+    # dense_like of another model (leaf names differ): one line.
+    other = {"layer": dense_like["params"]["block_0"], "head": dense_like["params"]["head"]}
+    algo = kp.compressed_algorithm(sj.static, other, **{**kw, "sparsity": 0.75})
+    with pytest.raises(ValueError, match="dense_like: not the params tree of this model"):
+        sj.sparsify(optax.sgd(0.1), algo).init(params)
