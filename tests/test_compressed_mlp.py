@@ -35,8 +35,7 @@ BLOCK1, BLOCK2 = (16, 8), (8, 8)
 GRID1, GRID2 = (DIM // 16, MLP // 8), (MLP // 8, OUT // 8)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _value_and_grads(fuse, x, d1, b1, d2, b2, probes, positions, scoring, r):
+def _value_and_grads_of(fuse, x, d1, b1, d2, b2, probes, positions, scoring, r):
     """<r, block(x)> and its gradients in x, blocks, biases and probes: fused or layer by layer."""
 
     def loss(x, d1, b1, d2, b2, probes):
@@ -50,6 +49,9 @@ def _value_and_grads(fuse, x, d1, b1, d2, b2, probes, positions, scoring, r):
         return jnp.sum(y * r)
 
     return jax.value_and_grad(loss, argnums=tuple(range(6)))(x, d1, b1, d2, b2, probes)
+
+
+_value_and_grads = jax.jit(_value_and_grads_of, static_argnums=0)
 
 
 def _slots(rng, grid, block, nnz):
@@ -85,6 +87,20 @@ def test_fused_block_equals_its_layers_in_value_and_every_gradient(nnz1, nnz2, s
         assert float(jnp.max(fc2_probe)) > 0 and float(jnp.max(fc1_probe)) > 0
     else:
         assert not jnp.any(fc1_probe) and not jnp.any(fc2_probe)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_fused_block_lowers_for_accelerators(platform):
+    """The fused block and its gradients (probes, scoring branch included) export for CUDA and TPU:
+    plain XLA (gathers, batched dots, scatters, ``lax.cond``), no CPU-only op."""
+    rng = np.random.default_rng(0)
+    (d1, p1), (d2, p2) = _slots(rng, GRID1, BLOCK1, 5), _slots(rng, GRID2, BLOCK2, 4)
+    x, r = jnp.ones((*LEAD, DIM)), jnp.ones((*LEAD, OUT))
+    probes = (jnp.zeros(GRID1), jnp.zeros(GRID2))
+    args = (x, d1, jnp.ones(MLP), d2, jnp.ones(OUT), probes, (p1, p2), jnp.asarray(True), r)
+    fn = jax.jit(functools.partial(_value_and_grads_of, True))
+    exported = jax.export.export(fn, platforms=[platform])(*args)
+    assert exported.platforms == (platform,) and "stablehlo" in exported.mlir_module()
 
 
 class _Stack(nn.Module):
