@@ -4,9 +4,10 @@ Builds one step of ``benchmarks/sparse_training_speed.py`` (``--case mlp|vit_mlp
 dense|none`` or one of its ``SPARSE_KINDS``, ``--sparsity``), traces ``--steps`` calls with
 ``jax.profiler`` (its Perfetto JSON: no extra package needed) and prints, per step, the time of each
 HLO op of the compiled program with its shape and the source it came from (``op_name``), then the
-totals per op kind (numbered suffixes dropped, e.g. every ``ynn_fusion.N``). On CPU this is how the 4 KiB page faults
-on XLA's per-step buffers showed up (``docs/kernels.md``, "CPU: huge pages"). Ops inside loops appear
-both on their own and inside the loop's ``while`` line, so the totals double-count loop bodies.
+totals per op kind (numbered suffixes dropped, e.g. every ``ynn_fusion.N``). On CPU this is how the
+4 KiB page faults on XLA's per-step buffers showed up (``docs/kernels.md``, "CPU: huge pages"). Ops
+inside loops appear both on their own and inside the loop's ``while`` line, so the totals
+double-count loop bodies.
 
     python benchmarks/profile_step.py --case vit_mlp --kind compressed [--sparsity 0.9] [--top 30]
     python benchmarks/profile_step.py --smoke   # tiny sizes, seconds (tests)

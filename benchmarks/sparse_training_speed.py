@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import statistics
 import sys
@@ -300,8 +301,6 @@ ACCURACY_CONFIGS = ("block_rigl_mlp", "block_rigl_vit")  # mnist5k; the ViT's co
 
 def accuracy(seeds: int) -> dict[str, dict[str, list[float]]]:
     """Held-out accuracy of each of ``ACCURACY_CONFIGS``, compressed and masked-dense, per seed."""
-    import importlib
-
     from experiments import train
 
     out = {name: {kind: [] for kind in KINDS} for name in ACCURACY_CONFIGS}

@@ -92,69 +92,50 @@ def fused_mlp(
     z = jnp.zeros((m, p, bn1), ft).at[:, writes].add(p1, mode="drop")
     z = z + jnp.take(b1.reshape(nb1, bn1), panels, axis=0, mode="fill", fill_value=0)
     if w1.probe is not None:
-        scoring = jnp.asarray(w1.scoring, bool)
-        z = _fc1_probe(z, w1.probe, scoring, x2, panels, w1.block_shape, precision)
+        scores = functools.partial(_fc1_scores, nb1, w1.block_shape, precision)
+        z = _probe(scores, z, w1.probe, jnp.asarray(w1.scoring, bool), x2, panels)
     h = jnp.take(activation(z), reads, axis=1)  # (M, nnz2, bn1): each fc2 slot's panel
     p2 = jnp.einsum("mti,tio->mto", h, d2, precision=precision)
     y = jnp.zeros((m, nb2, bn2), ft).at[:, c2].add(p2).reshape(m, -1)
     if w2.probe is not None:
-        hidden = (activation, w2.block_shape, precision)
-        y = _fc2_probe(hidden, y, w2.probe, jnp.asarray(w2.scoring, bool), p1, c1, b1)
+        scores = functools.partial(_fc2_scores, activation, w2.block_shape, precision)
+        y = _probe(scores, y, w2.probe, jnp.asarray(w2.scoring, bool), p1, c1, b1)
     return (y + b2).astype(x.dtype).reshape(*lead, -1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _fc1_probe(z, probe, scoring, x2, panels, block_shape, precision):
-    """Identity on the panels' pre-activations; the probe's cotangent: fc1's dense-gradient block
-    norms when ``scoring`` (the gradient is zero outside the panels)."""
-    return z
-
-
-def _fc1_probe_fwd(z, probe, scoring, x2, panels, block_shape, precision):
-    return z, (probe, scoring, x2, panels)
-
-
-def _fc1_probe_bwd(block_shape, precision, res, dz):
-    probe, scoring, x2, panels = res
-    m, nb1 = x2.shape[0], probe.shape[1]
-
-    def scores():
-        full = jnp.zeros((m, nb1, dz.shape[-1]), dz.dtype).at[:, panels].set(dz, mode="drop")
-        return dense_grad_scores(x2, full.reshape(m, -1), block_shape, precision)
-
-    dprobe = jax.lax.cond(scoring, scores, lambda: jnp.zeros(probe.shape, jnp.float32))
-    return dz, dprobe, None, None, None
-
-
-_fc1_probe.defvjp(_fc1_probe_fwd, _fc1_probe_bwd)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fc2_probe(hidden, y, probe, scoring, p1, c1, b1):
-    """Identity on fc2's output; the probe's cotangent: fc2's dense-gradient block norms when
-    ``scoring``, against the whole hidden layer rebuilt from the fc1 products ``p1``."""
-    return y
+def _probe(scores, value, probe, scoring, *residuals):
+    """Identity on ``value``; the probe's cotangent: ``scores(cotangent, *residuals)`` (a layer's
+    dense-gradient block norms) when ``scoring``, zeros otherwise."""
+    return value
 
 
-def _fc2_probe_fwd(hidden, y, probe, scoring, p1, c1, b1):
-    return y, (probe, scoring, p1, c1, b1)
+def _probe_fwd(scores, value, probe, scoring, *residuals):
+    return value, (probe, scoring, residuals)
 
 
-def _fc2_probe_bwd(hidden, res, dy):
-    activation, block_shape, precision = hidden
-    probe, scoring, p1, c1, b1 = res
+def _probe_bwd(scores, res, ct):
+    probe, scoring, residuals = res
+    zeros = lambda: jnp.zeros(probe.shape, jnp.float32)  # noqa: E731
+    dprobe = jax.lax.cond(scoring, lambda: scores(ct, *residuals), zeros)
+    return (ct, dprobe, None, *(None,) * len(residuals))
+
+
+_probe.defvjp(_probe_fwd, _probe_bwd)
+
+
+def _fc1_scores(nb1, block_shape, precision, dz, x2, panels):
+    """fc1's block norms from the panels' pre-activation gradient (zero outside the panels)."""
+    m = x2.shape[0]
+    full = jnp.zeros((m, nb1, dz.shape[-1]), dz.dtype).at[:, panels].set(dz, mode="drop")
+    return dense_grad_scores(x2, full.reshape(m, -1), block_shape, precision)
+
+
+def _fc2_scores(activation, block_shape, precision, dy, p1, c1, b1):
+    """fc2's block norms against the whole hidden layer, rebuilt from the fc1 products ``p1``."""
     m, bn1 = p1.shape[0], p1.shape[-1]
-
-    def scores():
-        z = jnp.zeros((m, b1.shape[0] // bn1, bn1), p1.dtype).at[:, c1].add(p1)
-        h = activation(z.reshape(m, -1) + b1)
-        return dense_grad_scores(h, dy, block_shape, precision)
-
-    dprobe = jax.lax.cond(scoring, scores, lambda: jnp.zeros(probe.shape, jnp.float32))
-    return dy, dprobe, None, None, None, None
-
-
-_fc2_probe.defvjp(_fc2_probe_fwd, _fc2_probe_bwd)
+    z = jnp.zeros((m, b1.shape[0] // bn1, bn1), p1.dtype).at[:, c1].add(p1)
+    return dense_grad_scores(activation(z.reshape(m, -1) + b1), dy, block_shape, precision)
 
 
 class CompressedBlockMLP(nn.Module):

@@ -22,6 +22,7 @@ SCRIPT = textwrap.dedent(
     from experiments.models.block_vit import BlockViT
     sys.path.insert(0, "tests")
     from conftest import init_state, place
+    from _steps import train_step
 
     assert jax.device_count() == 8, jax.devices()
     mesh = shd.make_mesh({"data": 2, "fsdp": -1, "model": 1})
@@ -44,15 +45,7 @@ SCRIPT = textwrap.dedent(
                   update_every=1, end_step=100, overrides=overrides)
         tx = sj.sparsify(optax.sgd(0.05, momentum=0.9), kp.compressed_algorithm(ctor, dense_like, **kw))
 
-        @jax.jit
-        def step(p, s, x, y):
-            def loss(p, s):
-                logits = model.apply({"params": sj.forward_params(p, s)}, x)
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-            _, (g, ag) = sj.value_and_grad(loss)(p, s)
-            u, s = tx.update(g, s, p, algo_grads=ag)
-            return optax.apply_updates(p, u), s
+        step = train_step(model, tx, assume_masked=False)
 
         runs = []
         for sharded in (False, True):
@@ -60,7 +53,7 @@ SCRIPT = textwrap.dedent(
             s = init_state(tx, sharded, p, params, psh, mesh)
             trail = []
             for _ in range(4):
-                p, s = step(p, s, xs, ys)
+                p, s, _ = step(p, s, xs, ys)
                 trail.append(jax.device_get(kp.compressed_state(s).positions))
             if sharded:
                 got = [a.sharding.spec for a in jax.tree.leaves(p)]

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 
 import kernels_pallas as kp
 import sparsejax as sj
+from experiments.models.block_mlp import LayerSpec
+from experiments.models.block_vit import mlp_block
 from kernels_pallas import compressed_mlp
 from kernels_pallas.compressed import CompressedWeight
 from kernels_pallas.compressed_mlp import CompressedBlockMLP, can_fuse, fused_mlp
@@ -104,42 +106,31 @@ def test_fused_block_lowers_for_accelerators(platform):
 
 
 class _Stack(nn.Module):
-    """Two pre-LN compressed MLP blocks (16-blocks, 10% kept) on (batch, tokens, dim) and a head."""
+    """Two pre-LN block-sparse MLP blocks (16-blocks, 10% kept) on (batch, tokens, dim) and a head:
+    compressed (``CompressedBlockMLP``, fused unless ``fuse=False``) or its masked-dense twin."""
 
     mlp_dim: int
     fuse: bool = True
-    impl: str = "xla"
+    compressed: bool = True
 
     @nn.compact
     def __call__(self, x):
+        spec = LayerSpec(16, 0.1, "xla", True, self.compressed)
         for i in range(2):
-            kw = dict(block_size=16, density=0.1, impl=self.impl, fuse=self.fuse, name=f"b{i}")
-            x = x + CompressedBlockMLP(self.mlp_dim, **kw)(nn.LayerNorm(name=f"ln{i}")(x))
+            block = mlp_block(spec, self.mlp_dim, f"b{i}", fuse=self.fuse)
+            x = x + block(nn.LayerNorm(name=f"ln{i}")(x))
         return nn.Dense(10, name="head")(x.mean(axis=1))
-
-
-def _dense_like(params):
-    """The masked-dense shapes of a ``_Stack``'s params: each (nnz, 16, 16) kernel at its (K, N)."""
-
-    def leaf(path, p):
-        if p.ndim != 3:
-            return jax.ShapeDtypeStruct(p.shape, p.dtype)
-        block = jax.tree_util.keystr(path)
-        k, n = (DIM, MLP) if "fc1" in block else (MLP, DIM)
-        return jax.ShapeDtypeStruct((k, n), p.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 def _compiled_step(fuse: bool, batch: int, tokens: int) -> str:
     model = _Stack(MLP, fuse)
     x, y = jnp.zeros((batch, tokens, DIM)), jnp.zeros((batch,), jnp.int32)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+    twin = _Stack(MLP, compressed=False)
+    dense_like = jax.eval_shape(twin.init, jax.random.PRNGKey(0), x)["params"]
     kw = dict(sparsity=0.9, block_size=(16, 16), distribution="uniform", dense_last=True)
     kw.update(update_every=2, end_step=100)
-    algo = kp.compressed_algorithm(sj.rigl, _dense_like(params), **kw)
-    tx = sj.sparsify(optax.sgd(0.1), algo)
-
+    tx = sj.sparsify(optax.sgd(0.1), kp.compressed_algorithm(sj.rigl, dense_like, **kw))
     state = jax.jit(tx.init)(params)
     step = train_step(model, tx, assume_masked=False)
     return step.lower(params, state, x, y).compile().as_text()
